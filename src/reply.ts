@@ -1,0 +1,32 @@
+/**
+ * An SMTP reply the proxy gives a client: basic code, enhanced status code and words, one line.
+ * smtp-server reads `responseCode` off any Error passed to a hook callback and prints `message` after it,
+ * so the enhanced code is written into the message here (the library's own enhanced codes stay hidden,
+ * otherwise every 550 from a hook would be labelled 5.1.1).
+ *
+ * @example
+ *   throw new SmtpReply(550, '5.7.1', '<prvs=...@example.com>: BATV signature expired');
+ *   // client sees: 550 5.7.1 <prvs=...@example.com>: BATV signature expired
+ */
+export class SmtpReply extends Error {
+  readonly responseCode: number;
+  readonly enhanced: string;
+  readonly text: string;
+
+  constructor(code: number, enhanced: string, text: string) {
+    super(enhanced ? `${enhanced} ${text}` : text);
+    this.name = 'SmtpReply';
+    this.responseCode = code;
+    this.enhanced = enhanced;
+    this.text = text;
+  }
+
+  /** The exact line a client receives, without CRLF. */
+  get line(): string {
+    return `${this.responseCode} ${this.message}`;
+  }
+}
+
+export function isSmtpReply(v: unknown): v is SmtpReply {
+  return v instanceof SmtpReply;
+}
