@@ -1,0 +1,108 @@
+/**
+ * BATV "Simple Private Signature" (prvs), draft-levine-smtp-batv-01 §4, byte-identical to exim's
+ * ${prvs} and checked as the draft says (mod-1000 window), which accepts everything exim accepts in
+ * normal use and refuses the stale tags exim's plain integer comparison lets through.
+ *
+ *   tagged = "prvs=" K DDD SSSSSS "=" local "@" domain
+ *   K      = key number, one digit
+ *   DDD    = (UTC day + 7) mod 1000, three digits: the day the tag expires
+ *   SSSSSS = lowercase hex of the first 3 bytes of HMAC-SHA1(key, K DDD local "@" domain)
+ *
+ * The hashed address is the sender's bytes exactly (UTF-8, no case folding). Pure: time is a parameter.
+ */
+import { utcDay } from '../clock.js';
+import { constantTimeEqual, foldAsciiCase, utf8 } from './hmac.js';
+import type { TagKey, TagKeyring } from './keyring.js';
+
+/** exim signs every tag for 7 days; the expiry day is written into the tag. */
+export const BATV_LIFETIME_DAYS = 7;
+/** Default accepted age in days (0 = signed today). 7 makes ages 0..7 valid, as in exim. */
+export const BATV_DEFAULT_MAX_AGE_DAYS = 7;
+
+const TAGGED = /^prvs=/i;
+const FULL = /^prvs=([0-9])([0-9]{3})([0-9a-f]{6})=(.+)@([^@]+)$/is;
+
+export type BatvSignResult =
+  | { kind: 'signed'; address: string; keyNum: number; expiryDay: string }
+  | { kind: 'already-tagged'; address: string }
+  | { kind: 'refused'; reason: 'null-sender' | 'unqualified'; message: string };
+
+export type BatvInvalidReason = 'malformed' | 'unknown-key' | 'bad-signature' | 'expired' | 'future';
+
+export type BatvVerifyResult =
+  | { kind: 'not-tagged' }
+  | { kind: 'valid'; original: string; keyNum: number; ageDays: number }
+  | { kind: 'invalid'; reason: BatvInvalidReason; message: string; original?: string; keyNum?: number };
+
+/** Does the address start with a prvs= tag (case-insensitive), valid or not? */
+export function hasBatvTag(address: string): boolean {
+  return TAGGED.test(address) && FULL.test(address);
+}
+
+/** DDD for a sign day, exactly as exim writes it (including its "100" for day+7 < 100). */
+export function batvExpiryStamp(nowMs: number): string {
+  const s = String(utcDay(nowMs) + BATV_LIFETIME_DAYS);
+  return s.length < 3 ? '100' : s.slice(-3);
+}
+
+function signature(key: TagKey, keyNum: string, ddd: string, address: string): string {
+  return key.hmac.hex(utf8(keyNum + ddd + address), 3);
+}
+
+/**
+ * Signs an envelope sender. An address that already carries a prvs= tag is returned as it is (never
+ * tagged twice); the null sender and unqualified addresses are refused, as exim refuses them.
+ *
+ * @example
+ *   batvSign('user@example.com', tagKey(5, utf8('secret')), Date.parse('2026-01-01T12:00:00Z'));
+ *   // { kind: 'signed', address: 'prvs=5461cd18bc=user@example.com', keyNum: 5, expiryDay: '461' }
+ */
+export function batvSign(address: string, key: TagKey, nowMs: number): BatvSignResult {
+  if (address === '' || address === '<>') {
+    return { kind: 'refused', reason: 'null-sender', message: 'the null sender is never signed' };
+  }
+  const at = address.lastIndexOf('@');
+  if (at <= 0 || at === address.length - 1) {
+    return { kind: 'refused', reason: 'unqualified', message: `"${address}" is not a qualified address` };
+  }
+  if (hasBatvTag(address)) return { kind: 'already-tagged', address };
+  const k = String(key.num);
+  const ddd = batvExpiryStamp(nowMs);
+  return { kind: 'signed', address: `prvs=${k}${ddd}${signature(key, k, ddd, address)}=${address}`, keyNum: key.num, expiryDay: ddd };
+}
+
+/**
+ * Checks a prvs= address: the key its number names, the HMAC (hex case-insensitive, constant time), then
+ * its age by the draft's mod-1000 rule. Age = today - (DDD - 7) mod 1000; valid for 0..maxAgeDays.
+ * An age in the upper half of the circle means a sign day in the future.
+ *
+ * @example
+ *   batvVerify('prvs=5461cd18bc=user@example.com', ring, Date.parse('2026-01-03T00:00:00Z'));
+ *   // { kind: 'valid', original: 'user@example.com', keyNum: 5, ageDays: 2 }
+ */
+export function batvVerify(
+  address: string,
+  keyring: Pick<TagKeyring, 'byNum'>,
+  nowMs: number,
+  maxAgeDays: number = BATV_DEFAULT_MAX_AGE_DAYS,
+): BatvVerifyResult {
+  if (!TAGGED.test(address)) return { kind: 'not-tagged' };
+  const m = FULL.exec(address);
+  if (!m) return { kind: 'invalid', reason: 'malformed', message: 'malformed BATV tag' };
+  const [, k, ddd, sig, local, domain] = m as unknown as [string, string, string, string, string, string];
+  const original = `${local}@${domain}`;
+  const keyNum = Number(k);
+  const key = keyring.byNum(keyNum);
+  if (!key) {
+    return { kind: 'invalid', reason: 'unknown-key', message: `BATV key ${keyNum} is unknown`, original, keyNum };
+  }
+  if (!constantTimeEqual(sig, signature(key, k, ddd, original), foldAsciiCase)) {
+    return { kind: 'invalid', reason: 'bad-signature', message: 'BATV signature invalid', original, keyNum };
+  }
+  const ageDays = (((utcDay(nowMs) - Number(ddd) + BATV_LIFETIME_DAYS) % 1000) + 1000) % 1000;
+  if (ageDays <= maxAgeDays) return { kind: 'valid', original, keyNum, ageDays };
+  if (ageDays >= 500) {
+    return { kind: 'invalid', reason: 'future', message: 'BATV signature dated in the future', original, keyNum };
+  }
+  return { kind: 'invalid', reason: 'expired', message: 'BATV signature expired', original, keyNum };
+}
