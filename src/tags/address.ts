@@ -94,7 +94,8 @@ function isIPv6(s: string): boolean {
   if (parts.length > 2) return false;
   const groups = parts.flatMap((p) => (p === '' ? [] : p.split(':')));
   if (!groups.every((g) => /^[0-9A-Fa-f]{1,4}$/.test(g))) return false;
-  return parts.length === 2 ? groups.length < groupsAllowed : groups.length === groupsAllowed;
+  // "::" stands for at least one group (RFC 5321 §4.1.3: at most 6, or 4 with an IPv4 tail, besides it).
+  return parts.length === 2 ? groups.length <= groupsAllowed - 2 : groups.length === groupsAllowed;
 }
 
 function isValidLocal(local: string): boolean {

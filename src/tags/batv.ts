@@ -11,13 +11,16 @@
  * The hashed address is the sender's bytes exactly (UTF-8, no case folding). Pure: time is a parameter.
  */
 import { utcDay } from '../clock.js';
-import { constantTimeEqual, foldAsciiCase, utf8 } from './hmac.js';
+import { constantTimeEqual, foldAsciiCase } from './hmac.js';
 import type { TagKey, TagKeyring } from './keyring.js';
 
 /** exim signs every tag for 7 days; the expiry day is written into the tag. */
 export const BATV_LIFETIME_DAYS = 7;
 /** Default accepted age in days (0 = signed today). 7 makes ages 0..7 valid, as in exim. */
 export const BATV_DEFAULT_MAX_AGE_DAYS = 7;
+
+/** Sign days this far ahead of our clock are reported as "future" rather than "expired". */
+export const FUTURE_WINDOW_DAYS = 30;
 
 const TAGGED = /^prvs=/i;
 const FULL = /^prvs=([0-9])([0-9]{3})([0-9a-f]{6})=(.+)@([^@]+)$/is;
@@ -46,7 +49,7 @@ export function batvExpiryStamp(nowMs: number): string {
 }
 
 function signature(key: TagKey, keyNum: string, ddd: string, address: string): string {
-  return key.hmac.hex(utf8(keyNum + ddd + address), 3);
+  return key.hmac.hex(keyNum + ddd + address, 3);
 }
 
 /**
@@ -101,7 +104,9 @@ export function batvVerify(
   }
   const ageDays = (((utcDay(nowMs) - Number(ddd) + BATV_LIFETIME_DAYS) % 1000) + 1000) % 1000;
   if (ageDays <= maxAgeDays) return { kind: 'valid', original, keyNum, ageDays };
-  if (ageDays >= 500) {
+  // DDD only has three digits, so a sign day "in the future" and one ~1000 days ago look alike: only a
+  // sign day up to FUTURE_WINDOW_DAYS ahead (a clock running ahead) is called future, the rest expired.
+  if (ageDays >= 1000 - FUTURE_WINDOW_DAYS) {
     return { kind: 'invalid', reason: 'future', message: 'BATV signature dated in the future', original, keyNum };
   }
   return { kind: 'invalid', reason: 'expired', message: 'BATV signature expired', original, keyNum };

@@ -20,46 +20,75 @@ export function utf8(s: string): Uint8Array {
   return encoder.encode(s);
 }
 
-/** A SHA-1 compression over one 64-byte block at `off` of `block`, updating the 5-word state `h`. */
-function compress(h: Int32Array, block: Uint8Array, off: number, w: Int32Array): void {
-  for (let i = 0; i < 16; i++) {
-    const j = off + i * 4;
-    w[i] = (block[j]! << 24) | (block[j + 1]! << 16) | (block[j + 2]! << 8) | block[j + 3]!;
-  }
+/**
+ * One SHA-1 compression (FIPS 180-4 §6.1.2) of the 16 big-endian words already in w[0..15], updating
+ * state `h`. The four round groups are separate loops so the hot loop has no per-round branch.
+ */
+function compress(h: Int32Array, w: Int32Array): void {
   for (let i = 16; i < 80; i++) {
     const x = w[i - 3]! ^ w[i - 8]! ^ w[i - 14]! ^ w[i - 16]!;
     w[i] = (x << 1) | (x >>> 31);
   }
-  let a = h[0]!, b = h[1]!, c = h[2]!, d = h[3]!, e = h[4]!;
-  for (let i = 0; i < 80; i++) {
-    let f: number, k: number;
-    if (i < 20) { f = (b & c) | (~b & d); k = 0x5a827999; }
-    else if (i < 40) { f = b ^ c ^ d; k = 0x6ed9eba1; }
-    else if (i < 60) { f = (b & c) | (b & d) | (c & d); k = 0x8f1bbcdc; }
-    else { f = b ^ c ^ d; k = 0xca62c1d6; }
-    const t = (((a << 5) | (a >>> 27)) + f + e + k + w[i]!) | 0;
+  let a = h[0]!, b = h[1]!, c = h[2]!, d = h[3]!, e = h[4]!, t = 0, i = 0;
+  for (; i < 20; i++) {
+    t = (((a << 5) | (a >>> 27)) + ((b & c) | (~b & d)) + e + 0x5a827999 + w[i]!) | 0;
+    e = d; d = c; c = (b << 30) | (b >>> 2); b = a; a = t;
+  }
+  for (; i < 40; i++) {
+    t = (((a << 5) | (a >>> 27)) + (b ^ c ^ d) + e + 0x6ed9eba1 + w[i]!) | 0;
+    e = d; d = c; c = (b << 30) | (b >>> 2); b = a; a = t;
+  }
+  for (; i < 60; i++) {
+    t = (((a << 5) | (a >>> 27)) + ((b & c) | (b & d) | (c & d)) + e + 0x8f1bbcdc + w[i]!) | 0;
+    e = d; d = c; c = (b << 30) | (b >>> 2); b = a; a = t;
+  }
+  for (; i < 80; i++) {
+    t = (((a << 5) | (a >>> 27)) + (b ^ c ^ d) + e + 0xca62c1d6 + w[i]!) | 0;
     e = d; d = c; c = (b << 30) | (b >>> 2); b = a; a = t;
   }
   h[0] = (h[0]! + a) | 0; h[1] = (h[1]! + b) | 0; h[2] = (h[2]! + c) | 0;
   h[3] = (h[3]! + d) | 0; h[4] = (h[4]! + e) | 0;
 }
 
+/** Loads 16 big-endian words from `bytes` at `off` into w[0..15]. */
+function load(w: Int32Array, bytes: Uint8Array, off: number): void {
+  for (let i = 0; i < 16; i++) {
+    const j = off + i * 4;
+    w[i] = (bytes[j]! << 24) | (bytes[j + 1]! << 16) | (bytes[j + 2]! << 8) | bytes[j + 3]!;
+  }
+}
+
 const SHA1_IV = [0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476, 0xc3d2e1f0 | 0];
 
+// Scratch space shared by every key: JavaScript runs one MAC at a time, and no MAC calls another.
+const W = new Int32Array(80);
+const H = new Int32Array(5);
+const OUT = new Int32Array(5);
+let scratch = new Uint8Array(256);
+
+/** Writes `s` as UTF-8 into the scratch buffer (grown as needed); returns the byte length. */
+function writeUtf8(s: string): number {
+  const n = s.length;
+  if (scratch.length < n * 3 + BLOCK_BYTES) scratch = new Uint8Array(n * 3 + BLOCK_BYTES * 2);
+  for (let i = 0; i < n; i++) {
+    const c = s.charCodeAt(i);
+    if (c >= 0x80) return encoder.encodeInto(s, scratch).written;
+    scratch[i] = c;
+  }
+  return n;
+}
+
 /**
- * A key ready for HMAC-SHA1. Construct once per secret; `mac()` is then cheap.
+ * A key ready for HMAC-SHA1. Construct once per secret; each MAC then costs two or three SHA-1
+ * compressions (plus one per further 64 bytes of message) and allocates nothing but its result.
  *
  * @example
  *   const k = new HmacSha1Key(utf8('secret'));
- *   k.hex(utf8('5461user@example.com'), 3); // 'cd18bc'
+ *   k.hex('5461user@example.com', 3); // 'cd18bc'
  */
 export class HmacSha1Key {
   private readonly inner = new Int32Array(5);
   private readonly outer = new Int32Array(5);
-  // Scratch space, reused across calls (single-threaded; no call re-enters another).
-  private readonly h = new Int32Array(5);
-  private readonly w = new Int32Array(80);
-  private readonly buf = new Uint8Array(BLOCK_BYTES * 2);
 
   /** @throws RangeError when the key is longer than 64 bytes (exim refuses such keys). */
   constructor(key: Uint8Array) {
@@ -71,64 +100,77 @@ export class HmacSha1Key {
       pad.fill(byte);
       for (let i = 0; i < key.length; i++) pad[i] = key[i]! ^ byte;
       state.set(SHA1_IV);
-      compress(state, pad, 0, this.w);
+      load(W, pad, 0);
+      compress(state, W);
     }
   }
 
-  /** Runs SHA-1 from `start` state over `msg`, as if `prefixBlocks` 64-byte blocks came before it. */
-  private finish(start: Int32Array, msg: Uint8Array, prefixBlocks: number): Int32Array {
-    const h = this.h, w = this.w, buf = this.buf;
-    h.set(start);
+  /** Computes the MAC of the first `len` scratch bytes into OUT. */
+  private run(len: number): void {
+    const buf = scratch;
+    // Inner hash: the ipad block is already absorbed; absorb the message and pad it.
+    H.set(this.inner);
     let off = 0;
-    for (; off + BLOCK_BYTES <= msg.length; off += BLOCK_BYTES) compress(h, msg, off, w);
-    const rest = msg.length - off;
-    buf.fill(0);
-    buf.set(msg.subarray(off), 0);
-    buf[rest] = 0x80;
-    const blocks = rest + 9 > BLOCK_BYTES ? 2 : 1;
-    const bits = (prefixBlocks * BLOCK_BYTES + msg.length) * 8;
-    const end = blocks * BLOCK_BYTES;
-    // Messages here are far below 2^32 bits; the high length word stays 0.
-    buf[end - 4] = bits >>> 24; buf[end - 3] = bits >>> 16; buf[end - 2] = bits >>> 8; buf[end - 1] = bits;
-    compress(h, buf, 0, w);
-    if (blocks === 2) compress(h, buf, BLOCK_BYTES, w);
-    return h;
+    for (; off + BLOCK_BYTES <= len; off += BLOCK_BYTES) { load(W, buf, off); compress(H, W); }
+    const rest = len - off;
+    // Final block(s): message tail, 0x80, zeros, 64-bit bit length of (64 + len) bytes.
+    W.fill(0, 0, 16);
+    for (let i = 0; i < rest; i++) W[i >> 2] = W[i >> 2]! | (buf[off + i]! << (24 - (i & 3) * 8));
+    W[rest >> 2] = W[rest >> 2]! | (0x80 << (24 - (rest & 3) * 8));
+    const bits = (BLOCK_BYTES + len) * 8;
+    if (rest >= 56) { compress(H, W); W.fill(0, 0, 16); }
+    W[14] = Math.floor(bits / 0x100000000) | 0;
+    W[15] = bits | 0;
+    compress(H, W);
+    // Outer hash over the 20-byte inner digest: one block, words copied straight across.
+    W[0] = H[0]!; W[1] = H[1]!; W[2] = H[2]!; W[3] = H[3]!; W[4] = H[4]!;
+    W[5] = 0x80000000 | 0;
+    W.fill(0, 6, 15);
+    W[15] = (BLOCK_BYTES + 20) * 8;
+    OUT.set(this.outer);
+    compress(OUT, W);
   }
 
-  /** The 20-byte HMAC-SHA1 of `msg`. */
-  mac(msg: Uint8Array): Uint8Array {
-    const innerDigest = new Uint8Array(20);
-    writeWords(this.finish(this.inner, msg, 1), innerDigest);
+  /** The 20-byte HMAC-SHA1 of `msg` (bytes, or a string taken as UTF-8). */
+  mac(msg: Uint8Array | string): Uint8Array {
+    this.runOn(msg);
     const out = new Uint8Array(20);
-    writeWords(this.finish(this.outer, innerDigest, 1), out);
+    for (let i = 0; i < 5; i++) {
+      const v = OUT[i]!;
+      out[i * 4] = v >>> 24; out[i * 4 + 1] = v >>> 16; out[i * 4 + 2] = v >>> 8; out[i * 4 + 3] = v;
+    }
     return out;
   }
 
-  /** Lowercase hex of the first `bytes` bytes of the MAC. */
-  hex(msg: Uint8Array, bytes: number): string {
-    const d = this.mac(msg);
+  private runOn(msg: Uint8Array | string): void {
+    if (typeof msg === 'string') return this.run(writeUtf8(msg));
+    if (scratch.length < msg.length + BLOCK_BYTES) scratch = new Uint8Array(msg.length + BLOCK_BYTES * 2);
+    scratch.set(msg);
+    this.run(msg.length);
+  }
+
+  /** Lowercase hex of the first `bytes` (0-20) bytes of the MAC. */
+  hex(msg: Uint8Array | string, bytes: number): string {
+    if (!(bytes >= 0 && bytes <= 20)) throw new RangeError(`Cannot take ${bytes} bytes of a 20-byte MAC`);
+    this.runOn(msg);
     let s = '';
-    for (let i = 0; i < bytes; i++) s += HEX[d[i]!]!;
+    for (let i = 0; i < bytes; i++) s += HEX[(OUT[i >> 2]! >>> (24 - (i & 3) * 8)) & 0xff]!;
     return s;
   }
 
-  /** The first `chars` characters of the standard base64 (RFC 4648 §4, unpadded) of the MAC. */
-  base64(msg: Uint8Array, chars: number): string {
-    const d = this.mac(msg);
+  /** The first `chars` (1-27) characters of the standard base64 (RFC 4648 §4, unpadded) of the MAC. */
+  base64(msg: Uint8Array | string, chars: number): string {
+    if (!(chars >= 0 && chars <= 27)) throw new RangeError(`Cannot take ${chars} base64 characters of a 20-byte MAC`);
+    this.runOn(msg);
     let s = '';
     for (let i = 0; i < chars; i++) {
-      const bit = i * 6, byte = bit >> 3, shift = bit & 7;
-      const two = (d[byte]! << 8) | (byte + 1 < d.length ? d[byte + 1]! : 0);
-      s += B64[(two >> (10 - shift)) & 63];
+      const bit = i * 6;
+      const byte = bit >> 3;
+      const b0 = (OUT[byte >> 2]! >>> (24 - (byte & 3) * 8)) & 0xff;
+      const b1 = byte + 1 < 20 ? (OUT[(byte + 1) >> 2]! >>> (24 - ((byte + 1) & 3) * 8)) & 0xff : 0;
+      s += B64[(((b0 << 8) | b1) >> (10 - (bit & 7))) & 63];
     }
     return s;
-  }
-}
-
-function writeWords(h: Int32Array, out: Uint8Array): void {
-  for (let i = 0; i < 5; i++) {
-    const v = h[i]!;
-    out[i * 4] = v >>> 24; out[i * 4 + 1] = v >>> 16; out[i * 4 + 2] = v >>> 8; out[i * 4 + 3] = v;
   }
 }
 

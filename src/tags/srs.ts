@@ -14,9 +14,10 @@
  * base64url), in constant time, against every verifying key. Pure: time is a parameter.
  */
 import { utcDay } from '../clock.js';
-import { constantTimeEqual, foldAsciiCase, utf8 } from './hmac.js';
+import { constantTimeEqual, foldAsciiCase } from './hmac.js';
 import type { TagKey, TagKeyring } from './keyring.js';
 import { lowerAscii, sameDomain } from './address.js';
+import { FUTURE_WINDOW_DAYS } from './batv.js';
 
 export type SrsSeparator = '=' | '+' | '-';
 export type SrsAlphabet = 'base64' | 'base64url';
@@ -69,7 +70,7 @@ export function srsTimestamp(nowMs: number): string {
 }
 
 function hash(key: TagKey, fields: readonly string[], chars: number, alphabet: SrsAlphabet): string {
-  const h = key.hmac.base64(utf8(fields.map(lowerAscii).join('')), chars);
+  const h = key.hmac.base64(fields.map(lowerAscii).join(''), chars);
   return alphabet === 'base64url' ? h.replace(/\+/g, '-').replace(/\//g, '_') : h;
 }
 
@@ -179,7 +180,7 @@ export function srsReverse(address: string, keyring: Pick<TagKeyring, 'verifying
     const age = stampAge(tt, nowMs);
     if (age === null) return { kind: 'invalid', scheme: 'SRS0', reason: 'bad-timestamp', message: 'SRS timestamp malformed' };
     if (age > opts.maxAgeDays) {
-      return age >= DAYS_PER_CYCLE / 2
+      return age >= DAYS_PER_CYCLE - FUTURE_WINDOW_DAYS
         ? { kind: 'invalid', scheme: 'SRS0', reason: 'future', message: 'SRS timestamp in the future' }
         : { kind: 'invalid', scheme: 'SRS0', reason: 'expired', message: 'SRS address expired' };
     }

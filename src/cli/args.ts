@@ -1,0 +1,72 @@
+/**
+ * Command-line plumbing shared by the verbs: strict flag parsing with errors that name the flag, the
+ * exit codes of DESIGN §5 (0 ok, 1 refused or invalid, 2 usage), and an injectable I/O so tests can run
+ * verbs in-process.
+ */
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+
+export const EXIT_OK = 0;
+export const EXIT_REFUSED = 1;
+export const EXIT_USAGE = 2;
+
+export interface Io {
+  out(text: string): void;
+  err(text: string): void;
+  readonly env: Readonly<Record<string, string | undefined>>;
+  readonly now: () => number;
+}
+
+/** A usage error: printed with the verb's synopsis, exit 2. */
+export class UsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'UsageError';
+  }
+}
+
+export interface Verb {
+  readonly name: string;
+  readonly synopsis: string;
+  readonly help: string;
+  readonly options: NonNullable<ParseArgsConfig['options']>;
+  readonly positionals: { min: number; max: number };
+  run(values: Record<string, string | string[] | boolean | undefined>, positionals: string[], io: Io): Promise<number>;
+}
+
+export function parseVerbArgs(verb: Verb, argv: string[]): { values: Record<string, string | string[] | boolean | undefined>; positionals: string[] } {
+  let parsed;
+  try {
+    parsed = parseArgs({ args: argv, options: { ...verb.options, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true });
+  } catch (e) {
+    throw new UsageError((e as Error).message.replace(/\. To specify a positional argument.*$/s, '').replace(/^TypeError \[[A-Z_]+\]: /, ''));
+  }
+  const { values, positionals } = parsed;
+  if (!values.help) {
+    if (positionals.length < verb.positionals.min) throw new UsageError(`${verb.name}: missing argument (usage: ${verb.synopsis})`);
+    if (positionals.length > verb.positionals.max) throw new UsageError(`${verb.name}: unexpected argument "${positionals[verb.positionals.max]}"`);
+  }
+  return { values: values as Record<string, string | string[] | boolean | undefined>, positionals };
+}
+
+/** --now ISO8601 (or the real clock). */
+export function nowFrom(values: Record<string, unknown>, io: Io): number {
+  const v = values.now;
+  if (v === undefined) return io.now();
+  const t = Date.parse(String(v));
+  if (Number.isNaN(t)) throw new UsageError(`--now: "${String(v)}" is not an ISO 8601 date (e.g. 2026-01-01T12:00:00Z)`);
+  return t;
+}
+
+/** A whole-number flag within bounds. */
+export function intFlag(values: Record<string, unknown>, name: string, min: number, max: number): number | undefined {
+  const v = values[name];
+  if (v === undefined) return undefined;
+  const s = String(v);
+  if (!/^\d+$/.test(s) || Number(s) < min || Number(s) > max) throw new UsageError(`--${name}: "${s}" must be a whole number from ${min} to ${max}`);
+  return Number(s);
+}
+
+export function strings(v: unknown): string[] {
+  if (v === undefined) return [];
+  return Array.isArray(v) ? v.map(String) : [String(v)];
+}

@@ -1,0 +1,124 @@
+/**
+ * `batv-proxy keys init|list|rotate|retire|import`: the keyring in keys/ (or --dir, or the config's
+ * keys.dir). Never prints a secret, except once when `init`/`rotate` is asked for it with --show-secret
+ * (so an admin can paste it into exim or postsrsd).
+ */
+import { promises as fs } from 'node:fs';
+import { loadConfig } from '../config.js';
+import {
+  importSecrets, initKeys, KeyringError, keyringPath, parsePostsrsdSecrets, readKeys, retire, rotate, thumbprint, writeKeys,
+  type StoredKey,
+} from '../keys.js';
+import { MS_PER_DAY } from '../clock.js';
+import { utf8 } from '../tags/hmac.js';
+import { EXIT_OK, EXIT_REFUSED, intFlag, nowFrom, UsageError, type Io, type Verb } from './args.js';
+
+async function dirAndAges(values: Record<string, unknown>, io: Io): Promise<{ dir: string; verifyDays: number }> {
+  const file = (values.config as string | undefined) ?? io.env.BATV_PROXY_CONFIG;
+  const config = file ? await loadConfig(file, io.env) : null;
+  const dir = (values.dir as string | undefined) ?? config?.keys.dir ?? 'keys';
+  // A key must keep verifying as long as any tag it made can be valid: the longer lifetime, plus a day of skew.
+  const verifyDays = Math.max(config?.batv.maxAgeDays ?? 7, config?.srs.maxAgeDays ?? 21) + 1;
+  return { dir, verifyDays };
+}
+
+async function describe(k: StoredKey, nowMs: number, verifyDays: number): Promise<string> {
+  const role = k.status === 'active' ? 'active (signs)' : `verify-only${k.demoted ? `, retire after ${new Date(Date.parse(k.demoted) + verifyDays * MS_PER_DAY).toISOString().slice(0, 10)}` : ''}`;
+  const age = k.created ? `${Math.floor((nowMs - Date.parse(k.created)) / MS_PER_DAY)}d` : '?';
+  return `${k.num}\t${k.created || '-'}\t${age}\t${role}${k.origin ? `\t(imported from ${k.origin})` : ''}\t${await thumbprint(k.secret)}`;
+}
+
+const common = { dir: { type: 'string' }, config: { type: 'string' }, now: { type: 'string' } } as const;
+
+async function guard<T>(fn: () => Promise<T>, io: Io): Promise<T | number> {
+  try {
+    return await fn();
+  } catch (e) {
+    if (e instanceof KeyringError) { io.err(`${e.message}\n`); return EXIT_REFUSED; }
+    throw e;
+  }
+}
+
+export const keysVerb: Verb = {
+  name: 'keys',
+  synopsis: 'batv-proxy keys init|list|rotate|retire|import [--dir DIR] [options]',
+  help: [
+    'keys init [--dir DIR]              create a keyring with one fresh signing key (number 0)',
+    'keys list [--dir DIR]              number, created, age, role and RFC 7638 thumbprint of each key',
+    'keys rotate [--dir DIR]            add a fresh key that signs at once; the old one keeps verifying',
+    'keys retire [--dir DIR]            remove verify-only keys whose tags can no longer be valid',
+    'keys import --postsrsd FILE [--activate]       add the secrets of a postsrsd secrets file',
+    'keys import --exim-secret S --keynum K [--activate]   add an exim prvs secret under its key number',
+    '',
+    'Secrets live in DIR/keyring.json (mode 0600). --show-secret prints a new key\'s secret once (init, rotate).',
+  ].join('\n'),
+  options: {
+    ...common,
+    postsrsd: { type: 'string' },
+    'exim-secret': { type: 'string' },
+    keynum: { type: 'string' },
+    activate: { type: 'boolean' },
+    'show-secret': { type: 'boolean' },
+  },
+  positionals: { min: 1, max: 1 },
+  async run(values, [action], io) {
+    const now = nowFrom(values, io);
+    const { dir, verifyDays } = await dirAndAges(values, io);
+    const show = (k: StoredKey) => values['show-secret'] ? io.out(`secret for key ${k.num}: ${Buffer.from(k.secret).toString('utf8')}\n`) : undefined;
+    switch (action) {
+      case 'init':
+        return guard(async () => {
+          const k = await initKeys(dir, now);
+          io.out(`Created ${keyringPath(dir)} with signing key ${k.num} (${await thumbprint(k.secret)})\n`);
+          show(k);
+          return EXIT_OK;
+        }, io);
+      case 'list':
+        return guard(async () => {
+          const keys = await readKeys(dir);
+          io.out('num\tcreated\tage\trole\tthumbprint\n');
+          for (const k of [...keys].sort((a, b) => (a.status === 'active' ? -1 : b.status === 'active' ? 1 : a.num - b.num))) io.out(`${await describe(k, now, verifyDays)}\n`);
+          return EXIT_OK;
+        }, io);
+      case 'rotate':
+        return guard(async () => {
+          const r = rotate(await readKeys(dir), now);
+          await writeKeys(dir, r.keys);
+          io.out(`Key ${r.added.num} (${await thumbprint(r.added.secret)}) signs from now on; older keys keep verifying for ${verifyDays} days, then "keys retire" removes them\n`);
+          show(r.added);
+          return EXIT_OK;
+        }, io);
+      case 'retire':
+        return guard(async () => {
+          const r = retire(await readKeys(dir), now, verifyDays);
+          if (r.removed.length) await writeKeys(dir, r.keys);
+          io.out(r.removed.length ? `Retired keys ${r.removed.map((k) => k.num).join(', ')}\n` : 'No key is ready to retire\n');
+          return EXIT_OK;
+        }, io);
+      case 'import':
+        return guard(async () => {
+          const postsrsd = values.postsrsd as string | undefined;
+          const exim = values['exim-secret'] as string | undefined;
+          if ((postsrsd === undefined) === (exim === undefined)) throw new UsageError('keys import: give exactly one of --postsrsd FILE or --exim-secret S');
+          const keynum = intFlag(values, 'keynum', 0, 9);
+          if (exim !== undefined && keynum === undefined) throw new UsageError('keys import --exim-secret: --keynum K is required (the digit your exim tags carry)');
+          let secrets: Uint8Array[];
+          if (postsrsd !== undefined) {
+            let text: Buffer;
+            try { text = await fs.readFile(postsrsd); } catch (e) { throw new KeyringError(`Cannot read ${postsrsd}: ${(e as Error).message}`); }
+            secrets = parsePostsrsdSecrets(text);
+          } else secrets = [utf8(exim!)];
+          const existing = await readKeys(dir).catch((e: unknown) => {
+            if (e instanceof KeyringError && e.message.startsWith('No keyring')) return [] as StoredKey[];
+            throw e;
+          });
+          const r = importSecrets(existing, secrets, { nowMs: now, origin: postsrsd !== undefined ? 'postsrsd' : 'exim', ...(keynum !== undefined ? { num: keynum } : {}), activate: values.activate === true });
+          await writeKeys(dir, r.keys);
+          for (const k of r.added) io.out(`Imported key ${k.num} (${await thumbprint(k.secret)}), ${k.status === 'active' ? 'signing' : 'verify-only'}\n`);
+          return EXIT_OK;
+        }, io);
+      default:
+        throw new UsageError(`keys: unknown action "${action}"; use init, list, rotate, retire or import`);
+    }
+  },
+};

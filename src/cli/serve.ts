@@ -1,0 +1,52 @@
+/**
+ * `serve` (run the proxy) and `check-config` (validate and print the effective config, secrets hidden).
+ */
+import { loadConfig, redacted } from '../config.js';
+import { createLogger } from '../log.js';
+import { startProxy } from '../proxy.js';
+import { EXIT_OK, type Io, type Verb } from './args.js';
+
+function configFile(values: Record<string, unknown>, io: Io): string | null {
+  return (values.config as string | undefined) ?? io.env.BATV_PROXY_CONFIG ?? null;
+}
+
+export const serveVerb: Verb = {
+  name: 'serve',
+  synopsis: 'batv-proxy serve [--config FILE]',
+  help: 'Runs both listeners. With no config the embedded defaults apply: loopback listeners on 127.0.0.1:2525\n(outbound) and 127.0.0.1:2526 (inbound), a keyring created in keys/ if none exists, and messages captured as\n.eml files in mail/outbox and mail/inbox. BATV_PROXY_* environment variables override config settings.\nSIGHUP reloads config and keys; SIGTERM drains and exits.',
+  options: { config: { type: 'string' } },
+  positionals: { min: 0, max: 0 },
+  async run(values, _p, io) {
+    const file = configFile(values, io);
+    const config = await loadConfig(file, io.env);
+    const log = createLogger(config.log.level);
+    const proxy = await startProxy(config, { log });
+    return new Promise<number>((resolve) => {
+      let stopping = false;
+      const stop = (signal: string) => {
+        if (stopping) return;
+        stopping = true;
+        log.info({ signal }, 'stopping: no new connections; running transactions may finish');
+        proxy.close(config.timeouts.commandMs).then(() => { log.info('stopped'); log.flush(); resolve(EXIT_OK); });
+      };
+      process.once('SIGTERM', () => stop('SIGTERM'));
+      process.once('SIGINT', () => stop('SIGINT'));
+      process.on('SIGHUP', () => {
+        loadConfig(file, io.env).then((c) => proxy.reload(c)).catch((e: Error) => log.error({ err: e.message }, 'reload refused; still running on the previous config and keys'));
+      });
+    });
+  },
+};
+
+export const checkConfigVerb: Verb = {
+  name: 'check-config',
+  synopsis: 'batv-proxy check-config [--config FILE]',
+  help: 'Validates the config (file, then BATV_PROXY_* environment overrides over the embedded defaults).\nPrints the effective config with secrets hidden and exits 0, or lists every problem and exits 1.',
+  options: { config: { type: 'string' } },
+  positionals: { min: 0, max: 0 },
+  async run(values, _p, io) {
+    const config = await loadConfig(configFile(values, io), io.env);
+    io.out(`${JSON.stringify(redacted(config), null, 2)}\n`);
+    return EXIT_OK;
+  },
+};

@@ -1,0 +1,201 @@
+/**
+ * The inbound role: the company's MX. Each recipient gets its verdict at RCPT time (policy/verify):
+ * valid tags are unwrapped and delivered, forged or stale ones refused with a 550 that says why, SRS
+ * bounces reversed and relayed back out. Nothing is accepted that the next hop has not accepted, and the
+ * proxy never generates a bounce.
+ *
+ * One transaction, one next hop and one verdict class (the verdict header describes the whole message):
+ * a recipient that would need another gets 452 4.5.3 and comes in a later transaction.
+ */
+import { Transform, type TransformCallback } from 'node:stream';
+import type { SMTPServer, SMTPServerAddress, SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
+import type { RoleContext, Transaction } from './role.js';
+import { newTransaction, relayData, relayMail, relayRcpt } from './role.js';
+import { decideRecipient, isNullSender, type RcptDecision } from './policy/verify.js';
+import { replies } from './policy/replies.js';
+import { createListener, hook } from './smtp/listener.js';
+import { rawOf } from './smtp/raw-command.js';
+import { RelayLink } from './smtp/relay.js';
+import { SmtpReply } from './reply.js';
+import { createBounceClassifier, type BounceClassifier } from './inbound/classify.js';
+import type { Dnsbl } from './inbound/dnsbl.js';
+import type { AbuseLimits } from './inbound/limits.js';
+
+export interface InboundDeps {
+  readonly limits: () => AbuseLimits;
+  readonly dnsbl: () => Dnsbl | null;
+}
+
+interface InboundTxn extends Transaction {
+  /** route + verdict of the first accepted recipient. */
+  cls: string | null;
+  verdict: Extract<RcptDecision, { kind: 'deliver' }> | null;
+  mailFailure: SmtpReply | null;
+}
+
+interface Conn {
+  readonly link: RelayLink;
+  txn: InboundTxn | null;
+}
+
+/** A pass-through tap that feeds the classifier. */
+class ClassifierTap extends Transform {
+  constructor(readonly classifier: BounceClassifier) {
+    super();
+  }
+  override _transform(chunk: Buffer, _e: BufferEncoding, cb: TransformCallback): void {
+    this.classifier.write(chunk);
+    cb(null, chunk);
+  }
+}
+
+function verdictHeaderValue(d: Extract<RcptDecision, { kind: 'deliver' }>, host: string): string {
+  const parts: string[] = [d.verdict];
+  if (d.keyNum !== undefined) parts.push(`key=${d.keyNum}`);
+  if (d.ageDays !== undefined) parts.push(`age=${d.ageDays}d`);
+  parts.push(`by=${host}`);
+  return parts.join('; ');
+}
+
+export function createInbound(ctx: RoleContext, deps: InboundDeps): SMTPServer {
+  const conns = new WeakMap<SMTPServerSession, Conn>();
+  const conn = (s: SMTPServerSession): Conn => {
+    let c = conns.get(s);
+    if (!c) {
+      c = { link: new RelayLink(ctx.pool), txn: null };
+      conns.set(s, c);
+    }
+    return c;
+  };
+  const unexpected = (e: unknown) => ctx.log.error({ err: e, role: 'inbound' }, 'unexpected error in a hook');
+
+  function refuse(txn: InboundTxn, ip: string, rcpt: string, reply: SmtpReply, reason: string): never {
+    ctx.metrics.verdicts.inc({ result: 'refused', reason });
+    txn.rcpts.push({ rcpt, to: rcpt, verdict: reason, reply: reply.line });
+    if (isNullSender(txn.sender) && deps.limits().noteRefused(ip)) {
+      ctx.log.warn({ client: ip, role: 'inbound' }, 'client cooled off after too many refused bounces');
+      ctx.metrics.rateLimited.inc({ kind: 'client' });
+    }
+    throw reply;
+  }
+
+  return createListener(ctx.listenerOptions('inbound'), {
+    onConnect(session, cb) {
+      if (deps.limits().isCoolingOff(session.remoteAddress)) {
+        ctx.metrics.rateLimited.inc({ kind: 'client' });
+        return cb(replies.coolingOff(session.remoteAddress));
+      }
+      cb();
+    },
+
+    onMailFrom(address: SMTPServerAddress, session, cb) {
+      hook(async () => {
+        const c = conn(session);
+        ctx.finishTransaction(c.txn, 'abandoned');
+        c.txn = null;
+        const ip = session.remoteAddress;
+        if (deps.limits().isCoolingOff(ip)) throw replies.coolingOff(ip);
+        const { raw, rawParams } = rawOf(address);
+        const { config } = ctx.state();
+        const dnsbl = deps.dnsbl();
+        if (dnsbl && dnsbl.applies(raw)) {
+          const r = await dnsbl.lookup(ip);
+          if ('error' in r) ctx.metrics.dnsbl.inc({ result: r.error === 'timeout' ? 'timeout' : 'error' });
+          else {
+            ctx.metrics.dnsbl.inc({ result: r.listed ? 'listed' : 'clean' });
+            if (r.listed) {
+              ctx.metrics.refusals.inc({ role: 'inbound', reason: 'dnsbl' });
+              ctx.log.info({ role: 'inbound', client: ip, sender: raw, dnsbl: config.inbound.dnsbl.zone, code: r.code }, 'bounce from a listed client refused');
+              throw replies.dnsblListed(ip, config.inbound.dnsbl.zone);
+            }
+          }
+        }
+        // The next hop is chosen by the first accepted recipient, so MAIL goes out at that RCPT.
+        c.txn = { ...newTransaction(ctx, session, 'inbound', raw, rawParams), cls: null, verdict: null, mailFailure: null };
+      }, cb, unexpected);
+    },
+
+    onRcptTo(address: SMTPServerAddress, session, cb) {
+      hook(async () => {
+        const c = conn(session);
+        const txn = c.txn;
+        if (!txn) throw new SmtpReply(503, '5.5.1', 'Need MAIL command first');
+        const ip = session.remoteAddress;
+        if (deps.limits().isCoolingOff(ip)) throw replies.coolingOff(ip);
+        const { raw, rawParams } = rawOf(address);
+        const { keyring } = ctx.state();
+        const d = decideRecipient(raw, txn.sender, ctx.verifyPolicy(), keyring, ctx.clock.now());
+        if (d.kind === 'refuse') refuse(txn, ip, raw, d.reply, d.reason);
+        if (d.verdict === 'untagged-bounce-grace') ctx.metrics.wouldRefuse.inc({ reason: 'untagged-bounce' });
+        if ((d.verdict === 'batv-valid' || d.verdict === 'srs-valid') && isNullSender(txn.sender) && !deps.limits().takeTag(raw)) {
+          ctx.metrics.rateLimited.inc({ kind: 'tag' });
+          txn.rcpts.push({ rcpt: raw, to: d.to, verdict: 'tag-replayed', reply: '450' });
+          throw replies.tagReplayed(raw);
+        }
+        const cls = `${d.route}:${d.verdict}`;
+        if (txn.cls !== null && txn.cls !== cls) throw replies.separateTransaction(raw);
+        if (txn.mailFailure) throw txn.mailFailure;
+        if (txn.cls === null) {
+          txn.cls = cls;
+          txn.verdict = d;
+          txn.fields.verdict = d.verdict;
+          if (d.keyNum !== undefined) txn.fields.key = d.keyNum;
+          try {
+            await relayMail(ctx, c.link, txn, d.route === 'mailbox' ? ctx.mailboxHop() : ctx.outboundHop(), ctx.state().config);
+          } catch (e) {
+            if (e instanceof SmtpReply) txn.mailFailure = e;
+            throw e;
+          }
+        }
+        ctx.metrics.verdicts.inc({ result: 'accepted', reason: d.verdict });
+        await relayRcpt(ctx, c.link, txn, raw, d.to, rawParams, d.verdict);
+      }, cb, unexpected);
+    },
+
+    onData(stream: SMTPServerDataStream, session, cb) {
+      hook(async () => {
+        const c = conn(session);
+        const txn = c.txn;
+        c.txn = null;
+        if (!txn || !txn.verdict) throw new SmtpReply(503, '5.5.1', 'Need RCPT command first');
+        const { config } = ctx.state();
+        const header = config.inbound.verdictHeader;
+        const d = txn.verdict;
+        const extra = `${header}: ${verdictHeaderValue(d, config.hostname)}\r\n`;
+        let taps: Transform[] = [];
+        let beforeEnd: (() => SmtpReply | null) | undefined;
+        if (d.verdict === 'untagged-bounce-classify') {
+          const tap = new ClassifierTap(createBounceClassifier());
+          taps = [tap];
+          beforeEnd = () => {
+            const k = tap.classifier.finish();
+            txn.fields.classified = `${k.kind}: ${k.reason}`;
+            if (k.kind !== 'dsn') return null;
+            const grace = config.inbound.graceUntil !== null && ctx.clock.now() < Date.parse(config.inbound.graceUntil);
+            if (grace) {
+              ctx.metrics.wouldRefuse.inc({ reason: 'untagged-dsn' });
+              txn.fields.would_refuse = true;
+              return null;
+            }
+            ctx.metrics.verdicts.inc({ result: 'refused', reason: 'untagged-dsn' });
+            return replies.untaggedDsn(k.reason);
+          };
+        }
+        return relayData(ctx, c.link, txn, stream, session, {
+          extraHeaders: extra,
+          strip: new Set([header.toLowerCase()]),
+          taps,
+          ...(beforeEnd ? { beforeEnd } : {}),
+        });
+      }, cb, unexpected);
+    },
+
+    onClose(session) {
+      const c = conns.get(session);
+      if (!c) return;
+      ctx.finishTransaction(c.txn, 'client-left');
+      c.txn = null;
+      c.link.close();
+    },
+  });
+}

@@ -1,0 +1,55 @@
+/**
+ * Process entry: picks the verb, runs it, maps errors to exit codes. The only module that touches
+ * process.* (argv, env, stdout); bin/batv-proxy.js calls main().
+ */
+import { ConfigError } from './config.js';
+import { KeyringError } from './keys.js';
+import { EXIT_REFUSED, EXIT_USAGE, parseVerbArgs, UsageError, type Io, type Verb } from './cli/args.js';
+import { sign, srsForwardVerb, srsReverseVerb, verify } from './cli/tags.js';
+import { keysVerb } from './cli/keys.js';
+import { checkConfigVerb, serveVerb } from './cli/serve.js';
+
+const VERBS: readonly Verb[] = [serveVerb, sign, verify, srsForwardVerb, srsReverseVerb, keysVerb, checkConfigVerb];
+
+function usage(): string {
+  return `Usage: batv-proxy <verb> [options]\n\n${VERBS.map((v) => `  ${v.synopsis}`).join('\n')}\n\nbatv-proxy <verb> --help for more.\n`;
+}
+
+export const processIo: Io = {
+  out: (t) => void process.stdout.write(t),
+  err: (t) => void process.stderr.write(t),
+  env: process.env,
+  now: () => Date.now(),
+};
+
+/** Runs one command line; resolves with the exit code. */
+export async function main(argv: string[], io: Io = processIo): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    (name === undefined ? io.err : io.out)(usage());
+    return name === undefined ? EXIT_USAGE : 0;
+  }
+  const verb = VERBS.find((v) => v.name === name);
+  if (!verb) {
+    io.err(`batv-proxy: unknown verb "${name}"\n${usage()}`);
+    return EXIT_USAGE;
+  }
+  try {
+    const { values, positionals } = parseVerbArgs(verb, rest);
+    if (values.help) {
+      io.out(`Usage: ${verb.synopsis}\n\n${verb.help}\n`);
+      return 0;
+    }
+    return await verb.run(values, positionals, io);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      io.err(`batv-proxy ${verb.name}: ${e.message}\nUsage: ${verb.synopsis}\n`);
+      return EXIT_USAGE;
+    }
+    if (e instanceof ConfigError || e instanceof KeyringError) {
+      io.err(`batv-proxy ${verb.name}: ${e.message}\n`);
+      return EXIT_REFUSED;
+    }
+    throw e;
+  }
+}

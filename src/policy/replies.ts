@@ -1,0 +1,62 @@
+/**
+ * The one table of the proxy's own SMTP replies. Every refusal the proxy itself gives is built here,
+ * so the codes, enhanced codes and words stay consistent and tests can assert exact lines.
+ * (Replies of the next hop are passed through as they came; transport failures are mapped in
+ * src/smtp/client.ts.) Pure.
+ */
+import { SmtpReply } from '../reply.js';
+import type { BatvInvalidReason } from '../tags/batv.js';
+import type { SrsInvalidReason } from '../tags/srs.js';
+
+const BATV_WORDS: Record<BatvInvalidReason, string> = {
+  malformed: 'malformed BATV tag',
+  'unknown-key': 'BATV key unknown',
+  'bad-signature': 'BATV signature invalid',
+  expired: 'BATV signature expired',
+  future: 'BATV signature dated in the future',
+};
+
+const SRS_WORDS: Record<SrsInvalidReason, string> = {
+  malformed: 'malformed SRS address',
+  'bad-timestamp': 'SRS timestamp malformed',
+  'hash-too-short': 'SRS hash too short',
+  'bad-hash': 'SRS hash invalid',
+  expired: 'SRS address expired',
+  future: 'SRS timestamp in the future',
+};
+
+export const replies = {
+  /** Outbound: the client may not relay through us. */
+  relayDenied: (ip: string) => new SmtpReply(554, '5.7.1', `Relay access denied for ${ip}`),
+  /** Outbound: the client could relay if it authenticated. */
+  authRequired: () => new SmtpReply(530, '5.7.0', 'Authentication required to relay'),
+  /** Outbound: an authenticated user sending as someone else. */
+  senderNotOwned: (sender: string, user: string) => new SmtpReply(553, '5.7.1', `<${sender}>: sender address not allowed for user ${user}`),
+  /** Outbound: signing cannot happen (no usable key): never relay unsigned by accident. */
+  cannotSign: (why: string) => new SmtpReply(451, '4.3.0', `Cannot sign the sender now (${why}); try again later`),
+  badSender: (sender: string, why: string) => new SmtpReply(553, '5.1.7', `<${sender}>: ${why}`),
+  badRecipient: (rcpt: string, why: string) => new SmtpReply(553, '5.1.3', `<${rcpt}>: ${why}`),
+  /** One transaction, one next hop (and one verdict class): the client retries this one separately. */
+  separateTransaction: (rcpt: string) => new SmtpReply(452, '4.5.3', `<${rcpt}>: send this recipient in a separate transaction`),
+  /** Inbound: not a domain of ours. */
+  notOurDomain: (rcpt: string) => new SmtpReply(550, '5.7.1', `<${rcpt}>: relaying denied`),
+  batvInvalid: (rcpt: string, reason: BatvInvalidReason) => new SmtpReply(550, '5.7.1', `<${rcpt}>: ${BATV_WORDS[reason]}`),
+  srsInvalid: (rcpt: string, reason: SrsInvalidReason) => new SmtpReply(550, '5.7.1', `<${rcpt}>: ${SRS_WORDS[reason]}`),
+  /** Inbound: an address in the SRS domain that is not an SRS address. */
+  srsNotTagged: (rcpt: string) => new SmtpReply(550, '5.1.1', `<${rcpt}>: no such address (the SRS domain receives only SRS addresses)`),
+  /** Inbound: SRS addresses take bounces only, so they are no open forwarder. */
+  srsNotBounce: (rcpt: string) => new SmtpReply(550, '5.7.1', `<${rcpt}>: SRS addresses accept only bounces (null sender)`),
+  /** Inbound: a bounce to an address we never signed. */
+  untaggedBounce: (rcpt: string) => new SmtpReply(550, '5.7.1', `<${rcpt}>: bounce to an address we never sent from (no BATV tag); backscatter refused`),
+  /** Inbound, classify mode, end of DATA. */
+  untaggedDsn: (why: string) => new SmtpReply(550, '5.7.1', `Delivery status report to an untagged address refused as backscatter (${why})`),
+  dnsblListed: (ip: string, zone: string) => new SmtpReply(554, '5.7.1', `Bounce from ${ip} refused: listed in ${zone}`),
+  /** Abuse limit: too many refused bounces from one client. */
+  coolingOff: (ip: string) => new SmtpReply(421, '4.7.0', `Too many refused bounces from ${ip}; try again later`),
+  /** Abuse limit: a valid tag replayed too often. */
+  tagReplayed: (rcpt: string) => new SmtpReply(450, '4.7.1', `<${rcpt}>: too many bounces to this tagged address; try again later`),
+  tooManyRecipients: () => new SmtpReply(452, '4.5.3', 'Too many recipients'),
+  headerTooLarge: () => new SmtpReply(552, '5.3.4', 'Message header too large'),
+  internal: () => new SmtpReply(451, '4.3.0', 'Local error in processing; try again later'),
+  shuttingDown: () => new SmtpReply(421, '4.3.2', 'Service shutting down; try again later'),
+} as const;

@@ -1,0 +1,182 @@
+/**
+ * What both roles share: the context they run in (swappable config and keys, pool, log, metrics) and
+ * the relaying of MAIL, RCPT and DATA with one log line per transaction.
+ */
+import { randomBytes } from 'node:crypto';
+import type { Readable } from 'node:stream';
+import type { SMTPServerSession } from 'smtp-server';
+import type { Clock } from './clock.js';
+import type { Config } from './config.js';
+import type { Logger } from './log.js';
+import type { Metrics } from './metrics.js';
+import type { SignPolicy } from './policy/sign.js';
+import type { VerifyPolicy } from './policy/verify.js';
+import type { TagKeyring } from './tags/keyring.js';
+import type { Auth } from './auth.js';
+import { passThrough, NextHopError, type Reply } from './smtp/client.js';
+import { HeaderRewriter, protocolName, receivedHeader } from './smtp/headers.js';
+import { bodyFrom, SizeLimit, type ListenerOptions } from './smtp/listener.js';
+import type { HopAddress, NextHopPool, RelayLink } from './smtp/relay.js';
+import { formatPath } from './tags/address.js';
+
+export interface ProxyState {
+  readonly config: Config;
+  readonly keyring: TagKeyring | null;
+}
+
+export interface RoleContext {
+  state(): ProxyState;
+  readonly clock: Clock;
+  readonly pool: NextHopPool;
+  readonly log: Logger;
+  readonly metrics: Metrics;
+  readonly auth: Auth;
+  signPolicy(): SignPolicy;
+  verifyPolicy(): VerifyPolicy;
+  outboundHop(): HopAddress;
+  mailboxHop(): HopAddress;
+  listenerOptions(role: 'outbound' | 'inbound'): ListenerOptions;
+  finishTransaction(txn: Transaction | null, outcome: string): void;
+}
+
+export interface RcptRecord {
+  readonly rcpt: string;
+  readonly to: string;
+  verdict?: string;
+  reply?: string;
+}
+
+export interface Transaction {
+  readonly id: string;
+  readonly role: 'outbound' | 'inbound';
+  readonly sender: string;
+  readonly params: readonly string[];
+  rewritten: string;
+  hop: HopAddress | null;
+  readonly rcpts: RcptRecord[];
+  accepted: number;
+  readonly startedMs: number;
+  /** Extra fields for the transaction's log line. */
+  readonly fields: Record<string, unknown>;
+  done: boolean;
+  readonly utf8: boolean;
+}
+
+export function newTransaction(ctx: RoleContext, session: SMTPServerSession, role: 'outbound' | 'inbound', sender: string, params: readonly string[]): Transaction {
+  return {
+    id: randomBytes(6).toString('hex').toUpperCase(),
+    role,
+    sender,
+    params,
+    rewritten: sender,
+    hop: null,
+    rcpts: [],
+    accepted: 0,
+    startedMs: ctx.clock.now(),
+    fields: { client: session.remoteAddress, helo: session.hostNameAppearsAs, user: typeof session.user === 'string' ? session.user : undefined, conn: session.id },
+    done: false,
+    utf8: params.some((p) => p.toUpperCase() === 'SMTPUTF8'),
+  };
+}
+
+const paramText = (params: readonly string[]) => (params.length ? ` ${params.join(' ')}` : '');
+
+function noteFailure(ctx: RoleContext, txn: Transaction, e: unknown): void {
+  if (e instanceof NextHopError) {
+    ctx.metrics.nextHopFailures.inc({ role: txn.role, stage: e.stage, kind: e.kind });
+    txn.fields.nexthop_error = e.message;
+  }
+}
+
+async function timed<T>(ctx: RoleContext, txn: Transaction, stage: string, fn: () => Promise<T>): Promise<T> {
+  const end = ctx.metrics.stageSeconds.startTimer({ role: txn.role, stage });
+  try {
+    return await fn();
+  } catch (e) {
+    noteFailure(ctx, txn, e);
+    throw e;
+  } finally {
+    end();
+  }
+}
+
+/** MAIL FROM:<rewritten> with the client's parameters as sent. Throws the next hop's refusal as a reply. */
+export async function relayMail(ctx: RoleContext, link: RelayLink, txn: Transaction, hop: HopAddress, _config: Config): Promise<void> {
+  txn.hop = hop;
+  txn.fields.nexthop = hop.url;
+  const reply = await timed(ctx, txn, 'mail', () => link.begin(hop, `MAIL FROM:${formatPath(txn.rewritten)}${paramText(txn.params)}`));
+  txn.fields.mail_reply = reply.code;
+  if (reply.code >= 300) {
+    const r = passThrough(reply);
+    txn.fields.mail_reply = r.line;
+    ctx.finishTransaction(txn, 'mail-refused');
+    throw r;
+  }
+}
+
+/** RCPT TO:<to> with the client's parameters; the record keeps both the address asked for and the one sent. */
+export async function relayRcpt(ctx: RoleContext, link: RelayLink, txn: Transaction, rcpt: string, to: string, params: readonly string[], verdict?: string): Promise<Reply> {
+  const rec: RcptRecord = { rcpt, to, ...(verdict ? { verdict } : {}) };
+  txn.rcpts.push(rec);
+  const reply = await timed(ctx, txn, 'rcpt', () => link.rcpt(`RCPT TO:${formatPath(to)}${paramText(params)}`));
+  rec.reply = String(reply.code);
+  if (reply.code >= 300) {
+    const r = passThrough(reply);
+    rec.reply = r.line;
+    throw r;
+  }
+  txn.accepted++;
+  return reply;
+}
+
+export interface DataOptions {
+  /** Header lines (CRLF-terminated) to add after our Received:. */
+  readonly extraHeaders: string;
+  /** Lowercase names of header fields to remove from the incoming message. */
+  readonly strip: ReadonlySet<string>;
+  /** Extra stages between the size limit and the header rewriter (e.g. a classifier tap). */
+  readonly taps?: readonly import('node:stream').Transform[];
+  /** Decides after the whole body was read and before the next hop's end-of-data; a reply refuses. */
+  readonly beforeEnd?: () => import('./reply.js').SmtpReply | null;
+}
+
+/**
+ * DATA: Received: (and extra headers) prepended, the body streamed through. Resolves with the text of
+ * the next hop's 250 for the client; throws its refusal, or a 4xx on transport failure.
+ */
+export async function relayData(ctx: RoleContext, link: RelayLink, txn: Transaction, stream: Readable, session: SMTPServerSession, opts: DataOptions): Promise<string> {
+  const { config } = ctx.state();
+  const received = receivedHeader({
+    helo: session.hostNameAppearsAs || 'unknown',
+    clientIp: session.remoteAddress,
+    ...(session.clientHostname && session.clientHostname !== `[${session.remoteAddress}]` ? { clientHostname: session.clientHostname } : {}),
+    by: config.hostname,
+    protocol: protocolName({ secure: session.secure, authenticated: typeof session.user === 'string', utf8: txn.utf8 }),
+    id: txn.id,
+    ...(txn.accepted === 1 ? { recipient: txn.rcpts.find((r) => r.reply === '250' || r.reply?.startsWith('25'))?.to ?? txn.rcpts[0]!.to } : {}),
+    nowMs: ctx.clock.now(),
+  });
+  const size = new SizeLimit(config.limits.maxMessageBytes);
+  const stages = [size, ...(opts.taps ?? []), new HeaderRewriter(Buffer.from(received + opts.extraHeaders, 'utf8'), opts.strip)];
+  const { body, drain } = bodyFrom(stream, stages);
+  let reply: Reply;
+  try {
+    reply = await timed(ctx, txn, 'data', () => link.data(body, opts.beforeEnd));
+  } catch (e) {
+    drain();
+    txn.fields.size = size.bytes;
+    ctx.finishTransaction(txn, e instanceof NextHopError ? 'nexthop-failed' : 'aborted');
+    throw e;
+  }
+  txn.fields.size = size.bytes;
+  txn.fields.data_reply = reply.code;
+  const r = passThrough(reply);
+  if (reply.code >= 300) {
+    drain();
+    txn.fields.data_reply = r.line;
+    ctx.finishTransaction(txn, 'data-refused');
+    throw r;
+  }
+  ctx.finishTransaction(txn, 'delivered');
+  return r.message;
+}

@@ -1,0 +1,137 @@
+/**
+ * What the proxy does to a message: prepend its own header lines (one Received:, and inbound its verdict)
+ * and, when asked, remove header fields of given names that arrived from outside (so nobody can forge a
+ * verdict). Everything else passes byte for byte. Streaming: only the header block is held, up to a limit.
+ *
+ *   message = header-block ( CRLF body )?          header-block ends at the first empty line
+ *   field   = name ":" value *( CRLF WSP continuation )
+ */
+import { Transform, type TransformCallback } from 'node:stream';
+import { SmtpReply } from '../reply.js';
+
+export const MAX_HEADER_BYTES = 1024 * 1024;
+
+/** RFC 5322 date-time in UTC, e.g. "Sun, 22 Nov 2026 19:50:00 +0000". */
+export function rfc5322Date(ms: number): string {
+  const d = new Date(ms);
+  const day = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'][d.getUTCDay()];
+  const mon = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'][d.getUTCMonth()];
+  const p = (n: number) => String(n).padStart(2, '0');
+  return `${day}, ${d.getUTCDate()} ${mon} ${d.getUTCFullYear()} ${p(d.getUTCHours())}:${p(d.getUTCMinutes())}:${p(d.getUTCSeconds())} +0000`;
+}
+
+export interface ReceivedInfo {
+  readonly helo: string;
+  readonly clientHostname?: string;
+  readonly clientIp: string;
+  readonly by: string;
+  /** ESMTP, ESMTPS, ESMTPA, ESMTPSA, UTF8SMTPS... (RFC 3848, RFC 6531) */
+  readonly protocol: string;
+  readonly id: string;
+  /** Named only when the message has exactly one recipient (as Postfix does). */
+  readonly recipient?: string;
+  readonly nowMs: number;
+}
+
+/** One Received: field, folded, ending in CRLF. */
+export function receivedHeader(r: ReceivedInfo): string {
+  const clean = (s: string) => s.replace(/[\x00-\x20()\\\x7f]+/g, '_').slice(0, 255) || 'unknown';
+  const from = `from ${clean(r.helo)} (${r.clientHostname ? `${clean(r.clientHostname)} ` : ''}[${r.clientIp}])`;
+  const forPart = r.recipient !== undefined ? `\r\n\tfor <${r.recipient.replace(/[\x00-\x1f<>]/g, '')}>` : '';
+  return `Received: ${from}\r\n\tby ${clean(r.by)} (batv-proxy) with ${r.protocol} id ${r.id}${forPart};\r\n\t${rfc5322Date(r.nowMs)}\r\n`;
+}
+
+/** The transmission type for Received: (RFC 3848 / RFC 6531). */
+export function protocolName(o: { secure: boolean; authenticated: boolean; utf8: boolean }): string {
+  return `${o.utf8 ? 'UTF8SMTP' : 'ESMTP'}${o.secure ? 'S' : ''}${o.authenticated ? 'A' : ''}`;
+}
+
+/**
+ * Removes fields named in `strip` (lowercase names) from a complete header block. Returns the block
+ * unchanged (same Buffer) when nothing matched.
+ */
+export function stripFields(block: Buffer, strip: ReadonlySet<string>): Buffer {
+  const text = block.toString('latin1');
+  const out: string[] = [];
+  let dropping = false;
+  let changed = false;
+  let pos = 0;
+  while (pos < text.length) {
+    const nl = text.indexOf('\n', pos);
+    const end = nl < 0 ? text.length : nl + 1;
+    const line = text.slice(pos, end);
+    pos = end;
+    const continuation = line.startsWith(' ') || line.startsWith('\t');
+    if (!continuation) {
+      const colon = line.indexOf(':');
+      dropping = colon > 0 && strip.has(line.slice(0, colon).trim().toLowerCase());
+    }
+    if (dropping) changed = true;
+    else out.push(line);
+  }
+  return changed ? Buffer.from(out.join(''), 'latin1') : block;
+}
+
+/** Where the header block ends (index just past the empty line), or -1 when not yet seen. */
+function headerEnd(buf: Buffer): number {
+  if (buf.length >= 2 && buf[0] === 0x0d && buf[1] === 0x0a) return 0; // no header at all
+  if (buf.length >= 1 && buf[0] === 0x0a) return 0;
+  const crlf = buf.indexOf('\r\n\r\n');
+  const lf = buf.indexOf('\n\n');
+  if (crlf < 0 && lf < 0) return -1;
+  if (crlf >= 0 && (lf < 0 || crlf + 2 <= lf)) return crlf + 2;
+  return lf + 1;
+}
+
+/**
+ * A Transform that writes `prepend` first, then the message with the `strip` fields removed from its
+ * header block. Fails with a 552 SmtpReply when the header block exceeds `maxHeaderBytes`.
+ */
+export class HeaderRewriter extends Transform {
+  private pending: Buffer[] = [];
+  private pendingBytes = 0;
+  private inHeader: boolean;
+
+  constructor(
+    private readonly prepend: Buffer,
+    private readonly strip: ReadonlySet<string>,
+    private readonly maxHeaderBytes = MAX_HEADER_BYTES,
+  ) {
+    super();
+    this.inHeader = strip.size > 0;
+    if (!this.inHeader && prepend.length) this.push(prepend);
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    if (!this.inHeader) return cb(null, chunk);
+    this.pending.push(chunk);
+    this.pendingBytes += chunk.length;
+    // Look only at the tail that could complete the terminator, plus the new chunk.
+    const buf = this.pending.length === 1 ? chunk : Buffer.concat(this.pending, this.pendingBytes);
+    if (this.pending.length > 1) this.pending = [buf];
+    const end = headerEnd(buf);
+    if (end < 0) {
+      if (this.pendingBytes > this.maxHeaderBytes) return cb(new SmtpReply(552, '5.3.4', 'Message header too large'));
+      return cb();
+    }
+    this.emitHeader(buf.subarray(0, end));
+    this.inHeader = false;
+    this.pending = [];
+    this.pendingBytes = 0;
+    cb(null, buf.length > end ? buf.subarray(end) : undefined);
+  }
+
+  override _flush(cb: TransformCallback): void {
+    if (this.inHeader) {
+      // Headers only (no empty line): the whole message is the header block.
+      this.emitHeader(Buffer.concat(this.pending, this.pendingBytes));
+      this.inHeader = false;
+    }
+    cb();
+  }
+
+  private emitHeader(block: Buffer): void {
+    if (this.prepend.length) this.push(this.prepend);
+    this.push(stripFields(block, this.strip));
+  }
+}

@@ -1,0 +1,132 @@
+/**
+ * smtp-server with the proxy's defaults, async hooks turned into callbacks exactly once, and body
+ * plumbing that never destroys smtp-server's own DATA stream (destroying it would end the DATA phase
+ * early and let the rest of the client's message be read as commands).
+ */
+import { Transform, type Readable, type TransformCallback } from 'node:stream';
+import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
+import { SmtpReply, isSmtpReply } from '../reply.js';
+import { NextHopError } from './client.js';
+import { installRawCommandCapture } from './raw-command.js';
+
+export interface ListenerOptions {
+  readonly name: string;
+  readonly maxClients: number;
+  readonly maxMessageBytes: number;
+  readonly maxRecipients: number;
+  readonly clientIdleMs: number;
+  readonly tls: { key: Buffer; cert: Buffer } | null;
+  readonly authMethods: readonly string[];
+  readonly allowInsecureAuth: boolean;
+  /** Accept the HAProxy PROXY protocol header (replicas behind a TCP load balancer). */
+  readonly useProxy?: boolean;
+  /** Accept XCLIENT from these client addresses (a front MTA passing the real client on). */
+  readonly useXClient?: boolean;
+}
+
+/** Creates the server (not listening yet); `hooks` are smtp-server's on* handlers. */
+export function createListener(opts: ListenerOptions, hooks: Partial<SMTPServerOptions>): SMTPServer {
+  installRawCommandCapture();
+  return new SMTPServer({
+    name: opts.name,
+    banner: 'batv-proxy ESMTP',
+    logger: false,
+    disableReverseLookup: true,
+    secure: false,
+    // STARTTLS only with a configured certificate (smtp-server's built-in one has a published key);
+    // AUTH only when there is a users file.
+    ...(opts.tls ? { key: opts.tls.key, cert: opts.tls.cert } : {}),
+    disabledCommands: [...(opts.tls ? [] : ['STARTTLS']), ...(opts.authMethods.length ? [] : ['AUTH'])],
+    authMethods: [...opts.authMethods],
+    authOptional: true,
+    allowInsecureAuth: opts.allowInsecureAuth,
+    size: opts.maxMessageBytes,
+    maxClients: opts.maxClients,
+    maxRecipients: opts.maxRecipients,
+    socketTimeout: opts.clientIdleMs,
+    closeTimeout: 30_000,
+    useProxy: opts.useProxy ?? false,
+    useXClient: opts.useXClient ?? false,
+    ...hooks,
+  } as SMTPServerOptions);
+}
+
+/** Anything thrown in a hook, as the reply the client gets. */
+export function toReply(e: unknown): SmtpReply {
+  if (isSmtpReply(e)) return e;
+  if (e instanceof NextHopError) return e.toSmtpReply();
+  return new SmtpReply(451, '4.3.0', 'Local error in processing; try again later');
+}
+
+/**
+ * Runs an async hook body and calls smtp-server's callback exactly once: with nothing on success, with
+ * the message text when the body returns one (DATA), or with the error reply.
+ */
+export function hook(
+  body: () => Promise<string | void>,
+  cb: (err?: Error | null, message?: string) => void,
+  onUnexpected: (e: unknown) => void,
+): void {
+  let done = false;
+  body().then(
+    (message) => {
+      if (done) return;
+      done = true;
+      if (typeof message === 'string') cb(null, message);
+      else cb();
+    },
+    (e: unknown) => {
+      if (done) return;
+      done = true;
+      if (!isSmtpReply(e) && !(e instanceof NextHopError)) onUnexpected(e);
+      cb(toReply(e));
+    },
+  );
+}
+
+/** Fails with a 552 once more than `limit` bytes have passed. */
+export class SizeLimit extends Transform {
+  private seen = 0;
+  constructor(private readonly limit: number) {
+    super();
+  }
+  override _transform(chunk: Buffer, _e: BufferEncoding, cb: TransformCallback): void {
+    this.seen += chunk.length;
+    if (this.seen > this.limit) return cb(new SmtpReply(552, '5.3.4', `Message exceeds fixed maximum message size ${this.limit}`));
+    cb(null, chunk);
+  }
+  get bytes(): number {
+    return this.seen;
+  }
+}
+
+/**
+ * Pipes smtp-server's DATA stream through `stages` and returns the last stage as the body to relay.
+ * When the client vanishes (the source is destroyed before its end) the body is destroyed with an
+ * error, so the relay aborts instead of terminating a partial message. `drain()` detaches our stages
+ * and lets smtp-server read the rest of the message itself (after a relay failure).
+ */
+export function bodyFrom(source: Readable, stages: readonly Transform[]): { body: Readable; drain(): void } {
+  let last: Readable = source;
+  for (const s of stages) {
+    last.pipe(s);
+    last.on('error', (e: Error) => s.destroy(e));
+    last = s;
+  }
+  const first = stages[0];
+  let ended = false;
+  source.once('end', () => { ended = true; });
+  source.once('close', () => {
+    if (!ended && first && !first.destroyed) first.destroy(new SmtpReply(451, '4.4.2', 'Client connection closed before the end of the message'));
+  });
+  // An 'error' listener keeps smtp-server from treating our presence as unhandled.
+  source.on('error', () => undefined);
+  return {
+    body: last,
+    drain() {
+      if (first) source.unpipe(first);
+      for (const s of stages) if (!s.destroyed) s.destroy();
+      source.resume();
+    },
+  };
+}
