@@ -1,0 +1,171 @@
+import fc from 'fast-check';
+import { SMTPStream } from 'smtp-server/lib/smtp-stream.js';
+import { describe, expect, it } from 'vitest';
+import { DotStuffer, dotStuff } from '../../src/smtp/dotstuff.js';
+
+const b = (s: string): Buffer => Buffer.from(s, 'latin1');
+const s = (buf: Buffer): string => buf.toString('latin1');
+
+/** Stuffs `chunks` one push at a time, as the client does, and returns the wire bytes. */
+function stuffChunks(chunks: Buffer[]): Buffer {
+  const st = new DotStuffer();
+  return Buffer.concat([...chunks.map((c) => st.push(c)), st.end()]);
+}
+
+/** Splits `buf` at the given cut points (any numbers; taken modulo the length). */
+function cut(buf: Buffer, points: number[]): Buffer[] {
+  const at = [...new Set(points.map((p) => (buf.length ? p % (buf.length + 1) : 0)))].sort((x, y) => x - y);
+  const out: Buffer[] = [];
+  let from = 0;
+  for (const p of [...at, buf.length]) {
+    out.push(buf.subarray(from, p));
+    from = p;
+  }
+  return out.filter((c) => c.length > 0);
+}
+
+/** Feeds wire bytes (after a 354) to smtp-server's own SMTPStream in data mode; resolves with what onData would read. */
+async function smtpServerReads(wire: Buffer[]): Promise<Buffer> {
+  const parser = new SMTPStream();
+  parser.oncommand = (_cmd, next) => next?.();
+  const stream = parser.startDataMode();
+  const out: Buffer[] = [];
+  const ended = new Promise<void>((resolve) => stream.on('end', resolve));
+  stream.on('data', (c: Buffer) => out.push(c));
+  for (const chunk of wire) parser.write(chunk);
+  await ended;
+  return Buffer.concat(out);
+}
+
+/**
+ * A receiver that ends lines at any LF and removes the first "." of every line (RFC 5321 §4.5.2 read
+ * leniently, as Postfix's smtpd does): returns the body and whether the end was exactly the last line.
+ */
+function lenientReceiverReads(wire: Buffer): { body: Buffer; endAtLastLine: boolean } {
+  const lines: Buffer[] = [];
+  let from = 0;
+  while (from < wire.length) {
+    const nl = wire.indexOf(0x0a, from);
+    const line = wire.subarray(from, nl === -1 ? wire.length : nl + 1);
+    from += line.length;
+    const bare = s(line).replace(/\r?\n$/, '');
+    if (bare === '.') return { body: Buffer.concat(lines), endAtLastLine: from === wire.length };
+    lines.push(line[0] === 0x2e ? line.subarray(1) : line);
+  }
+  return { body: Buffer.concat(lines), endAtLastLine: false };
+}
+
+describe('DotStuffer', () => {
+  it.each([
+    ['a line that is just "."', '.\r\n', '..\r\n.\r\n'],
+    ['lines starting with ".."', '..x\r\n...\r\n', '...x\r\n....\r\n.\r\n'],
+    ['a dot inside a line', 'a.b\r\n.c.\r\n', 'a.b\r\n..c.\r\n.\r\n'],
+    ['a body without final CRLF', 'abc', 'abc\r\n.\r\n'],
+    ['a body ending in a bare LF', 'abc\n', 'abc\n\r\n.\r\n'],
+    ['a body ending in a bare CR', 'abc\r', 'abc\r\r\n.\r\n'],
+    ['an empty body', '', '.\r\n'],
+    ['a body that is one CRLF', '\r\n', '\r\n.\r\n'],
+    ['a dot after a bare LF', 'a\n.\r\nb\r\n', 'a\n..\r\nb\r\n.\r\n'],
+    ['a dot after a bare CR (not a line start)', 'a\r.b\r\n', 'a\r.b\r\n.\r\n'],
+    ['8-bit and NUL bytes', '\xff\x00\x80\r\n.\xe9\r\n', '\xff\x00\x80\r\n..\xe9\r\n.\r\n'],
+    ['a smuggling attempt', 'a\r\n.\nMAIL FROM:<x@y>\r\n', 'a\r\n..\nMAIL FROM:<x@y>\r\n.\r\n'],
+  ])('dotStuff() stuffs %s exactly', (_name, body, wire) => {
+    expect(s(dotStuff(b(body)))).toBe(wire);
+  });
+
+  it('push() carries the line start across chunks: "." opening a chunk after one that ended in LF', () => {
+    expect(s(stuffChunks([b('a\r\n'), b('.b\r\n')]))).toBe('a\r\n..b\r\n.\r\n');
+    expect(s(stuffChunks([b('a\n'), b('.')]))).toBe('a\n..\r\n.\r\n');
+    expect(s(stuffChunks([b('.'), b('.'), b('\r\n')]))).toBe('...\r\n.\r\n');
+  });
+
+  it('push() handles a chunk boundary between CR and LF', () => {
+    expect(s(stuffChunks([b('a\r'), b('\n.b\r'), b('\n')]))).toBe('a\r\n..b\r\n.\r\n');
+    expect(s(stuffChunks([b('abc\r'), b('\n')]))).toBe('abc\r\n.\r\n');
+  });
+
+  it('push() returns a chunk without line-leading dots as the same buffer (no copy) and never mutates input', () => {
+    const st = new DotStuffer();
+    const plain = b('no dots at line start.\r\nx.y\r\n');
+    expect(st.push(plain)).toBe(plain);
+    const dotted = b('\r\n.z');
+    const copy = Buffer.from(dotted);
+    expect(s(st.push(dotted))).toBe('\r\n..z');
+    expect(dotted.equals(copy)).toBe(true);
+    expect(st.bodyBytes).toBe(plain.length + dotted.length);
+  });
+
+  it('push() gives the same bytes for every way of cutting a tricky body into chunks', () => {
+    const body = b('.\r\n..\r\nx\n.y\r\r\n.\r\n\r\n.');
+    const whole = stuffChunks([body]);
+    for (let i = 0; i <= body.length; i++) {
+      for (let j = i; j <= body.length; j++) {
+        expect(stuffChunks([body.subarray(0, i), body.subarray(i, j), body.subarray(j)])).toEqual(whole);
+      }
+    }
+  });
+
+  it('stuffs 50 MiB in which every line starts with a dot in under 2 s, chunk by chunk', () => {
+    const chunk = b('.line starting with a dot\r\n'.repeat(2427)); // ~64 KiB
+    const st = new DotStuffer();
+    const t0 = performance.now();
+    let out = 0;
+    for (let sent = 0; sent < 50 * 1024 * 1024; sent += chunk.length) out += st.push(chunk).length;
+    const elapsedMs = performance.now() - t0;
+    expect(out).toBe(st.bodyBytes + st.bodyBytes / 27);
+    expect(elapsedMs).toBeLessThan(2000);
+  });
+});
+
+// Bodies as smtp-server can hand them over: lines with random dots, mostly CRLF-ended, sometimes bare LF
+// or CR, some 8-bit bytes; ending in CRLF or empty (as smtp-server's onData output always does) or not.
+const lineArb = fc.tuple(
+  fc.constantFrom('', '.', '..', '...', '.x', '..x', 'a.', 'x', 'From .', '\xff\x00', 'MAIL FROM:<a@b>'),
+  fc.constantFrom('\r\n', '\r\n', '\r\n', '\n', '\r', ''),
+).map(([text, eol]) => text + eol);
+const bodyArb = fc.array(lineArb, { maxLength: 30 }).map((lines) => b(lines.join('')));
+const cutsArb = fc.array(fc.nat(2000), { maxLength: 8 });
+
+describe('DotStuffer against receivers (property)', () => {
+  it('smtp-server reads back exactly the body, except that a body opening with LF "." gains that dot', async () => {
+    await fc.assert(
+      fc.asyncProperty(bodyArb, cutsArb, cutsArb, async (body, stuffCuts, wireCuts) => {
+        const wire = stuffChunks(cut(body, stuffCuts));
+        const read = await smtpServerReads(cut(wire, wireCuts));
+        const endsWithCrlf = body.length === 0 || s(body).endsWith('\r\n');
+        let expected = endsWithCrlf ? body : Buffer.concat([body, b('\r\n')]);
+        // smtp-server's unstuffing loop starts at offset 2, so it never unstuffs a "." at offset 1
+        if (s(body).startsWith('\n.')) expected = Buffer.concat([b('\n.'), expected.subarray(1)]);
+        expect(s(read)).toBe(s(expected));
+      }),
+      { numRuns: 500 },
+    );
+  });
+
+  it('a receiver that ends lines at any LF reads back exactly the body and sees the end only at the end', () => {
+    fc.assert(
+      fc.property(bodyArb, cutsArb, (body, cuts) => {
+        const wire = stuffChunks(cut(body, cuts));
+        const { body: read, endAtLastLine } = lenientReceiverReads(wire);
+        const expected = body.length === 0 || s(body).endsWith('\r\n') ? body : Buffer.concat([body, b('\r\n')]);
+        expect(endAtLastLine).toBe(true);
+        expect(s(read)).toBe(s(expected));
+      }),
+      { numRuns: 1000 },
+    );
+  });
+
+  it('the body smtp-server yields for what a client sent is relayed so that smtp-server yields it again', async () => {
+    // client wire → proxy's smtp-server → DotStuffer → next hop's smtp-server: the two reads are identical
+    const clientWire = fc.array(lineArb, { maxLength: 30 }).map((lines) => b(`${lines.join('')}\r\n.\r\n`));
+    await fc.assert(
+      fc.asyncProperty(clientWire, cutsArb, async (wire, cuts) => {
+        const atProxy = await smtpServerReads(cut(wire, cuts));
+        fc.pre(!s(atProxy).startsWith('\n.'));
+        const atNextHop = await smtpServerReads(cut(stuffChunks([atProxy]), cuts));
+        expect(s(atNextHop)).toBe(s(atProxy));
+      }),
+      { numRuns: 500 },
+    );
+  });
+});
