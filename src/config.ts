@@ -10,6 +10,7 @@
  */
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
+import { isIP } from 'node:net';
 import { parse as parseYaml } from 'yaml';
 import { isValidDomain, sameDomain } from './tags/address.js';
 import { parseCidr, type Cidr } from './net/cidr.js';
@@ -57,6 +58,10 @@ export interface Config {
     readonly exemptRecipients: readonly string[];
     /** A tag pushing the local part over 64 octets: sign anyway (default) or send unsigned. */
     readonly overlong: 'sign' | 'skip';
+    /** Load balancers allowed to send a PROXY protocol header (their IPs; "*" for any). */
+    readonly proxyProtocolFrom: readonly string[];
+    /** Front MTAs allowed to pass the real client on with XCLIENT (their IPs). */
+    readonly xclientFrom: readonly string[];
   };
   readonly inbound: {
     readonly listen: string;
@@ -67,6 +72,8 @@ export interface Config {
     readonly graceUntil: string | null;
     /** The header carrying our verdict; any copy arriving from outside is removed first. */
     readonly verdictHeader: string;
+    readonly proxyProtocolFrom: readonly string[];
+    readonly xclientFrom: readonly string[];
     /** Backscatterer.org safe mode: looked up only for bounces (<> or postmaster@ senders). */
     readonly dnsbl: { readonly mode: 'off' | 'reject'; readonly zone: string; readonly servers: readonly string[]; readonly timeoutMs: number };
     readonly limits: {
@@ -112,10 +119,12 @@ export const DEFAULTS = {
   outbound: {
     listen: '127.0.0.1:2525', relay: null, captureDir: 'mail/outbox', allowNetworks: ['127.0.0.0/8', '::1/128'],
     usersFile: null, allowInsecureAuth: false, exemptSenders: [], exemptRecipients: [], overlong: 'sign',
+    proxyProtocolFrom: [], xclientFrom: [],
   },
   inbound: {
     listen: '127.0.0.1:2526', mailbox: null, captureDir: 'mail/inbox', untaggedBounces: 'reject', graceUntil: null,
     verdictHeader: 'X-BATV-Proxy',
+    proxyProtocolFrom: [], xclientFrom: [],
     dnsbl: { mode: 'off', zone: 'ips.backscatterer.org', servers: [], timeoutMs: 1500 },
     limits: { refusedPerClient: 50, refusedWindowSec: 600, coolingOffSec: 900, bouncesPerTag: 20, tagWindowSec: 3600, maxTracked: 100_000 },
   },
@@ -209,6 +218,11 @@ export function parseConfig(input: unknown): Config {
     if (!Array.isArray(v) || !v.every((x) => typeof x === 'string' && x !== '')) { p.push(`${path}: must be a list of non-empty strings`); return []; }
     return v as string[];
   };
+  const ipList = (path: string): string[] => {
+    const l = strList(path);
+    for (const ip of l) if (ip !== '*' && isIP(ip) === 0) p.push(`${path}: "${ip}" is not an IP address (or "*")`);
+    return l;
+  };
   const listen = (path: string): string => {
     const s = str(path) ?? '';
     const r = parseListen(s);
@@ -292,6 +306,8 @@ export function parseConfig(input: unknown): Config {
       exemptSenders: strList('outbound.exemptSenders'),
       exemptRecipients: strList('outbound.exemptRecipients'),
       overlong: oneOf('outbound.overlong', ['sign', 'skip'] as const),
+      proxyProtocolFrom: ipList('outbound.proxyProtocolFrom'),
+      xclientFrom: ipList('outbound.xclientFrom'),
     },
     inbound: {
       listen: listen('inbound.listen'),
@@ -300,6 +316,8 @@ export function parseConfig(input: unknown): Config {
       untaggedBounces: oneOf('inbound.untaggedBounces', ['reject', 'classify', 'tag', 'accept'] as const),
       graceUntil,
       verdictHeader,
+      proxyProtocolFrom: ipList('inbound.proxyProtocolFrom'),
+      xclientFrom: ipList('inbound.xclientFrom'),
       dnsbl: {
         mode: oneOf('inbound.dnsbl.mode', ['off', 'reject'] as const),
         zone: str('inbound.dnsbl.zone') ?? '',

@@ -8,8 +8,13 @@ import { EXIT_REFUSED, EXIT_USAGE, parseVerbArgs, UsageError, type Io, type Verb
 import { sign, srsForwardVerb, srsReverseVerb, verify } from './cli/tags.js';
 import { keysVerb } from './cli/keys.js';
 import { checkConfigVerb, serveVerb } from './cli/serve.js';
+import { explainVerb } from './cli/explain.js';
+import { doctorVerb } from './cli/doctor.js';
+import { hashPasswordVerb, sendTestVerb } from './cli/tools.js';
 
-const VERBS: readonly Verb[] = [serveVerb, sign, verify, srsForwardVerb, srsReverseVerb, keysVerb, checkConfigVerb];
+const VERBS: readonly Verb[] = [
+  serveVerb, sign, verify, srsForwardVerb, srsReverseVerb, keysVerb, explainVerb, checkConfigVerb, doctorVerb, hashPasswordVerb, sendTestVerb,
+];
 
 function usage(): string {
   return `Usage: batv-proxy <verb> [options]\n\n${VERBS.map((v) => `  ${v.synopsis}`).join('\n')}\n\nbatv-proxy <verb> --help for more.\n`;

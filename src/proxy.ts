@@ -161,6 +161,8 @@ export async function startProxy(initial: Config, opts: ProxyOptions = {}): Prom
     tls: tlsFiles,
     authMethods: role === 'outbound' && auth.enabled ? ['PLAIN', 'LOGIN'] : [],
     allowInsecureAuth: config.outbound.allowInsecureAuth,
+    useProxy: [...config[role].proxyProtocolFrom],
+    useXClient: [...config[role].xclientFrom],
   });
 
   const ctx: RoleContext = {

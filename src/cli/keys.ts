@@ -4,7 +4,7 @@
  * (so an admin can paste it into exim or postsrsd).
  */
 import { promises as fs } from 'node:fs';
-import { loadConfig } from '../config.js';
+import { configFor } from './tags.js';
 import {
   importSecrets, initKeys, KeyringError, keyringPath, parsePostsrsdSecrets, readKeys, retire, rotate, thumbprint, writeKeys,
   type StoredKey,
@@ -14,8 +14,7 @@ import { utf8 } from '../tags/hmac.js';
 import { EXIT_OK, EXIT_REFUSED, intFlag, nowFrom, UsageError, type Io, type Verb } from './args.js';
 
 async function dirAndAges(values: Record<string, unknown>, io: Io): Promise<{ dir: string; verifyDays: number }> {
-  const file = (values.config as string | undefined) ?? io.env.BATV_PROXY_CONFIG;
-  const config = file ? await loadConfig(file, io.env) : null;
+  const config = await configFor(values, io);
   const dir = (values.dir as string | undefined) ?? config?.keys.dir ?? 'keys';
   // A key must keep verifying as long as any tag it made can be valid: the longer lifetime, plus a day of skew.
   const verifyDays = Math.max(config?.batv.maxAgeDays ?? 7, config?.srs.maxAgeDays ?? 21) + 1;

@@ -1,6 +1,7 @@
 /**
  * `serve` (run the proxy) and `check-config` (validate and print the effective config, secrets hidden).
  */
+import { watch } from 'node:fs';
 import { loadConfig, redacted } from '../config.js';
 import { createLogger } from '../log.js';
 import { startProxy } from '../proxy.js';
@@ -31,9 +32,23 @@ export const serveVerb: Verb = {
       };
       process.once('SIGTERM', () => stop('SIGTERM'));
       process.once('SIGINT', () => stop('SIGINT'));
-      process.on('SIGHUP', () => {
-        loadConfig(file, io.env).then((c) => proxy.reload(c)).catch((e: Error) => log.error({ err: e.message }, 'reload refused; still running on the previous config and keys'));
-      });
+      const reload = (why: string) => {
+        loadConfig(file, io.env)
+          .then((c) => proxy.reload(c))
+          .then(({ changed }) => log.info({ why, changed }, 'reload done'))
+          .catch((e: Error) => log.error({ why, err: e.message }, 'reload refused; still running on the previous config and keys'));
+      };
+      process.on('SIGHUP', () => reload('SIGHUP'));
+      // A change to the key files (keys rotate, import, retire) is picked up without a signal.
+      let timer: NodeJS.Timeout | undefined;
+      try {
+        watch(config.keys.dir, () => {
+          clearTimeout(timer);
+          timer = setTimeout(() => reload('keys changed'), 200);
+        }).unref();
+      } catch (e) {
+        log.warn({ dir: config.keys.dir, err: (e as Error).message }, 'cannot watch the keys directory; use SIGHUP after key changes');
+      }
     });
   },
 };

@@ -18,9 +18,11 @@ const keyringFlags = {
   now: { type: 'string' },
 } as const;
 
-async function configFor(values: Record<string, unknown>, io: Io): Promise<Config | null> {
+/** The config file (--config or BATV_PROXY_CONFIG) with BATV_PROXY_* overrides, or null when neither is set. */
+export async function configFor(values: Record<string, unknown>, io: Io): Promise<Config | null> {
   const file = (values.config as string | undefined) ?? io.env.BATV_PROXY_CONFIG;
-  return file ? loadConfig(file, io.env) : null;
+  const anyEnv = Object.keys(io.env).some((k) => k.startsWith('BATV_PROXY_') && k !== 'BATV_PROXY_CONFIG');
+  return file || anyEnv ? loadConfig(file ?? null, io.env) : null;
 }
 
 /** The keyring from --secret (first signs) or from --dir / the config's keys.dir / keys/. */

@@ -168,9 +168,13 @@ export async function connectNextHop(opts: NextHopOptions): Promise<NextHopSessi
 
 interface Waiter {
   stage: NextHopStage;
+  timeoutMs: number;
   /** false while waiting for a socket event: a reply then is unsolicited. */
   wantsReply: boolean;
-  /** Becomes the waiter at once when this one gets a 354 (DATA → body), before another line is parsed. */
+  /**
+   * Installed synchronously when this one is done (its event fired, or it got a 354 for DATA), so that a
+   * reply in the same read (the greeting right after a TLS handshake, an early reply mid-body) finds it.
+   */
   next: Waiter | null;
   timer?: NodeJS.Timeout;
   settled: boolean;
@@ -214,9 +218,10 @@ class Session implements NextHopSession {
   async open(): Promise<void> {
     this.socket = net.connect({ host: this.opts.host, port: this.opts.port }).setNoDelay(true);
     this.attach(this.socket);
-    await this.wait('connect', this.t.connect, [this.socket, 'connect']);
-    if (this.opts.secure) await this.startTls('connect', this.t.connect);
-    const greeting = await this.wait('greeting', this.t.greeting);
+    const g = this.makeWaiter('greeting', this.t.greeting);
+    await this.wait('connect', this.t.connect, [this.socket, 'connect'], this.opts.secure ? null : g.waiter);
+    if (this.opts.secure) await this.startTls('connect', this.t.connect, g.waiter);
+    const greeting = await g.promise;
     if (greeting.code >= 300) throw this.fail('greeting', 'refused', `greeting ${firstLine(greeting)}`, greeting);
     await this.hello();
     if (!this.secure && this.extensions.has('STARTTLS')) {
@@ -324,14 +329,14 @@ class Session implements NextHopSession {
     if (r.code !== 235) throw this.fail('auth', 'auth', firstLine(r), r);
   }
 
-  private async startTls(stage: NextHopStage, timeoutMs: number): Promise<void> {
+  private async startTls(stage: NextHopStage, timeoutMs: number, next: Waiter | null = null): Promise<void> {
     const plain = this.socket.off('data', this.onData);
     const o: tls.ConnectionOptions = { host: this.opts.host, ...this.opts.tls, socket: plain };
     if (o.servername === undefined && !net.isIP(this.opts.host)) o.servername = this.opts.host;
     this.phase = 'tls';
     this.socket = tls.connect(o);
     this.attach(this.socket);
-    await this.wait(stage, timeoutMs, [this.socket, 'secureConnect']);
+    await this.wait(stage, timeoutMs, [this.socket, 'secureConnect'], next);
     this.secure = true;
   }
 
@@ -354,21 +359,28 @@ class Session implements NextHopSession {
     if (this.failure) return Promise.reject(this.failure);
     const { waiter, promise } = this.makeWaiter(stage, timeoutMs, next);
     waiter.wantsReply = !event;
-    this.waiter = waiter;
-    this.stage = stage;
+    this.install(waiter);
     event?.[0].once(event[1], () => {
-      if (this.waiter === waiter) this.waiter = null;
+      if (this.waiter !== waiter) return; // it failed meanwhile
       this.phase = 'smtp';
+      this.install(next);
       waiter.settle(null);
     });
     return promise;
+  }
+
+  private install(w: Waiter | null): void {
+    this.waiter = w;
+    if (!w) return;
+    this.stage = w.stage;
+    if (w.timeoutMs > 0) w.timer = setTimeout(() => this.fail(w.stage, 'timeout', `no reply in ${w.timeoutMs} ms`), w.timeoutMs);
   }
 
   private makeWaiter(stage: NextHopStage, timeoutMs: number, next: Waiter | null = null): { waiter: Waiter; promise: Promise<Reply> } {
     let waiter!: Waiter;
     const promise = new Promise<Reply>((resolve, reject) => {
       const w: Waiter = waiter = {
-        stage, next, wantsReply: true, settled: false,
+        stage, timeoutMs, next, wantsReply: true, settled: false,
         settle(reply, err) {
           if (w.settled) return;
           w.settled = true;
@@ -377,7 +389,6 @@ class Session implements NextHopSession {
           else resolve(reply as Reply);
         },
       };
-      if (timeoutMs > 0) w.timer = setTimeout(() => this.fail(w.stage, 'timeout', `no reply in ${timeoutMs} ms`), timeoutMs);
     });
     promise.catch(() => undefined); // whoever awaits it sees the rejection; it is never unhandled
     return { waiter, promise };
@@ -426,7 +437,7 @@ class Session implements NextHopSession {
       const kind = code === 421 ? 'closed' : 'protocol';
       return void this.fail(this.stage, kind, `unsolicited ${kind === 'closed' ? '' : 'reply '}${firstLine(reply)}`, reply);
     }
-    this.waiter = code === 354 && w.next ? w.next : null;
+    this.install(code === 354 ? w.next : null);
     w.settle(reply);
   }
 

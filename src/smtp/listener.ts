@@ -18,10 +18,10 @@ export interface ListenerOptions {
   readonly tls: { key: Buffer; cert: Buffer } | null;
   readonly authMethods: readonly string[];
   readonly allowInsecureAuth: boolean;
-  /** Accept the HAProxy PROXY protocol header (replicas behind a TCP load balancer). */
-  readonly useProxy?: boolean;
-  /** Accept XCLIENT from these client addresses (a front MTA passing the real client on). */
-  readonly useXClient?: boolean;
+  /** Peers allowed to send the HAProxy PROXY protocol header (replicas behind a TCP load balancer). */
+  readonly useProxy?: readonly string[];
+  /** Peers allowed to pass the real client on with XCLIENT (a front MTA). */
+  readonly useXClient?: readonly string[];
 }
 
 /** Creates the server (not listening yet); `hooks` are smtp-server's on* handlers. */
@@ -45,8 +45,9 @@ export function createListener(opts: ListenerOptions, hooks: Partial<SMTPServerO
     maxRecipients: opts.maxRecipients,
     socketTimeout: opts.clientIdleMs,
     closeTimeout: 30_000,
-    useProxy: opts.useProxy ?? false,
-    useXClient: opts.useXClient ?? false,
+    // An empty list trusts nobody (smtp-server treats a non-empty list as an allowlist).
+    useProxy: opts.useProxy && opts.useProxy.length ? [...opts.useProxy] : false,
+    useXClient: opts.useXClient && opts.useXClient.length ? [...opts.useXClient] : false,
     ...hooks,
   } as SMTPServerOptions);
 }

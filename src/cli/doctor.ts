@@ -1,0 +1,102 @@
+/**
+ * `batv-proxy doctor`: checks what can be checked on this machine (config, keyring and its permissions,
+ * clock, listen ports, TLS and users files, next hops answering SMTP) and prints what to fix.
+ * One line per check: "ok", "warn" or "FAIL", then the detail. Exit 1 when anything failed.
+ */
+import { promises as fs } from 'node:fs';
+import net from 'node:net';
+import { loadConfig, parseListen, type Config, type NextHop } from '../config.js';
+import { readKeys, retire, keyringPath } from '../keys.js';
+import { loadUsers } from '../auth.js';
+import { connectNextHop } from '../smtp/client.js';
+import { MS_PER_DAY } from '../clock.js';
+import { EXIT_OK, EXIT_REFUSED, type Io, type Verb } from './args.js';
+
+type Level = 'ok' | 'warn' | 'FAIL';
+
+/** Whether a listen address is free; if taken, whether a batv-proxy answers there. */
+async function portState(addr: string): Promise<'free' | 'ours' | string> {
+  const l = parseListen(addr);
+  if (typeof l === 'string') return l;
+  const bound = await new Promise<string | null>((resolve) => {
+    const s = net.createServer();
+    s.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? e.message));
+    s.listen(l.port, l.host, () => s.close(() => resolve(null)));
+  });
+  if (bound === null) return 'free';
+  if (bound !== 'EADDRINUSE') return `cannot bind: ${bound}`;
+  const banner = await new Promise<string>((resolve) => {
+    const c = net.connect(l.port, l.host);
+    const t = setTimeout(() => { c.destroy(); resolve(''); }, 1500);
+    c.once('data', (d) => { clearTimeout(t); c.end('QUIT\r\n'); resolve(d.toString()); });
+    c.once('error', () => { clearTimeout(t); resolve(''); });
+  });
+  return banner.includes('batv-proxy') ? 'ours' : `in use by another program${banner ? ` (${banner.trim().slice(0, 60)})` : ''}`;
+}
+
+async function hopCheck(name: string, hop: NextHop | null, config: Config): Promise<[Level, string]> {
+  if (!hop) return ['ok', `${name}: not set; mail is captured as .eml files (fine for trying it out, not for production)`];
+  try {
+    const s = await connectNextHop({ host: hop.host, port: hop.port, secure: hop.secure, name: config.hostname, connectTimeoutMs: 3000, greetingTimeoutMs: 5000, commandTimeoutMs: 5000, requireTls: config.relayTls.require, tls: { rejectUnauthorized: config.relayTls.rejectUnauthorized } });
+    const ext = [...s.extensions.keys()].join(' ');
+    await s.quit();
+    return ['ok', `${name}: ${hop.url} answers SMTP (${s.secure ? 'TLS, ' : ''}EHLO: ${ext || 'none'})`];
+  } catch (e) {
+    return ['FAIL', `${name}: ${(e as Error).message}`];
+  }
+}
+
+export const doctorVerb: Verb = {
+  name: 'doctor',
+  synopsis: 'batv-proxy doctor [--config FILE]',
+  help: 'Checks config, keyring and permissions, clock, listen ports, TLS and users files, and that the next hops\nanswer SMTP; prints what to fix. Exit 1 when a check failed.',
+  options: { config: { type: 'string' } },
+  positionals: { min: 0, max: 0 },
+  async run(values, _p, io: Io) {
+    const lines: Array<[Level, string]> = [];
+    const file = (values.config as string | undefined) ?? io.env.BATV_PROXY_CONFIG ?? null;
+    let config: Config;
+    try {
+      config = await loadConfig(file, io.env);
+      lines.push(['ok', `config: ${file ?? 'embedded defaults'} is valid`]);
+    } catch (e) {
+      io.out(`FAIL  config: ${(e as Error).message}\n`);
+      return EXIT_REFUSED;
+    }
+    const now = io.now();
+    try {
+      const keys = await readKeys(config.keys.dir);
+      const active = keys.find((k) => k.status === 'active')!;
+      const ageDays = active.created ? Math.floor((now - Date.parse(active.created)) / MS_PER_DAY) : NaN;
+      lines.push(['ok', `keys: ${keyringPath(config.keys.dir)} (mode 0600), ${keys.length} key(s), key ${active.num} signs${Number.isNaN(ageDays) ? '' : `, ${ageDays} days old`}`]);
+      if (ageDays > 365) lines.push(['warn', `keys: the signing key is over a year old; rotate with "batv-proxy keys rotate"`]);
+      const retirable = retire(keys, now, Math.max(config.batv.maxAgeDays, config.srs.maxAgeDays) + 1).removed;
+      if (retirable.length) lines.push(['warn', `keys: keys ${retirable.map((k) => k.num).join(', ')} no longer verify any live tag; remove them with "batv-proxy keys retire"`]);
+    } catch (e) {
+      lines.push(['FAIL', `keys: ${(e as Error).message}`]);
+    }
+    const year = new Date(now).getUTCFullYear();
+    lines.push(year >= 2024 && year < 2100
+      ? ['ok', `clock: ${new Date(now).toISOString()} (tags use UTC days; keep NTP running, a clock off by a day refuses valid bounces)`]
+      : ['FAIL', `clock: ${new Date(now).toISOString()} is not a plausible date; fix the system clock`]);
+    for (const [name, addr] of [['outbound.listen', config.outbound.listen], ['inbound.listen', config.inbound.listen], ['metrics.listen', config.metrics.listen]] as const) {
+      if (!addr) continue;
+      const st = await portState(addr);
+      lines.push(st === 'free' ? ['ok', `${name}: ${addr} is free`] : st === 'ours' ? ['ok', `${name}: ${addr} is served by a running batv-proxy`] : ['FAIL', `${name}: ${addr} ${st}`]);
+    }
+    for (const [name, f] of [['tls.key', config.tls.key], ['tls.cert', config.tls.cert]] as const) {
+      if (f) await fs.access(f).then(() => lines.push(['ok', `${name}: ${f} is readable`]), (e: Error) => lines.push(['FAIL', `${name}: ${e.message}`]));
+    }
+    if (config.tls.key === null) lines.push(['warn', 'tls: no certificate configured; STARTTLS is not offered to clients']);
+    if (config.outbound.usersFile) {
+      await loadUsers(config.outbound.usersFile).then((u) => lines.push(['ok', `outbound.usersFile: ${u.size} user(s)`]), (e: Error) => lines.push(['FAIL', `outbound.usersFile: ${e.message}`]));
+    }
+    lines.push(await hopCheck('outbound.relay', config.outbound.relay, config));
+    lines.push(await hopCheck('inbound.mailbox', config.inbound.mailbox, config));
+    if (config.inbound.untaggedBounces === 'reject' && config.inbound.graceUntil === null) {
+      lines.push(['warn', 'inbound.untaggedBounces is "reject" with no graceUntil: bounces of mail sent before signing started will be refused']);
+    }
+    io.out(lines.map(([l, t]) => `${l.padEnd(4)}  ${t}`).join('\n') + '\n');
+    return lines.some(([l]) => l === 'FAIL') ? EXIT_REFUSED : EXIT_OK;
+  },
+};
