@@ -158,6 +158,19 @@ export function merge(base: unknown, over: unknown): unknown {
   return out;
 }
 
+/** Settings in `input` that the schema does not have, at any depth (a typo is never silently ignored). */
+function unknownSettings(input: unknown, schema: unknown, prefix: string): string[] {
+  if (!isObj(input) || !isObj(schema)) return [];
+  const out: string[] = [];
+  for (const [k, v] of Object.entries(input)) {
+    const path = prefix ? `${prefix}.${k}` : k;
+    if (!(k in schema)) out.push(`${path}: unknown setting`);
+    else if (k === 'relayAuth' && isObj(v)) out.push(...unknownSettings(v, { user: '', pass: '' }, path));
+    else out.push(...unknownSettings(v, schema[k], path));
+  }
+  return out;
+}
+
 /** Parses a next-hop URL: smtp://host[:port] (default 25) or smtps://host[:port] (default 465). */
 export function parseNextHop(url: string): NextHop | string {
   let u: URL;
@@ -168,6 +181,9 @@ export function parseNextHop(url: string): NextHop | string {
   }
   if (u.protocol !== 'smtp:' && u.protocol !== 'smtps:') return `"${url}" must start with smtp:// or smtps://`;
   if (!u.hostname) return `"${url}" has no host`;
+  if (u.username || u.password) {
+    return `${u.protocol}//${u.host}: a user or password in the URL is not used (and would be logged); set relayAuth instead`;
+  }
   const secure = u.protocol === 'smtps:';
   const host = u.hostname.replace(/^\[(.*)\]$/, '$1');
   return { url, host, port: u.port ? Number(u.port) : secure ? 465 : 25, secure };
@@ -188,8 +204,7 @@ export function parseListen(s: string): { host: string; port: number } | string 
 export function parseConfig(input: unknown): Config {
   const p: string[] = [];
   const raw = merge(DEFAULTS, input) as Obj;
-  const known = new Set(Object.keys(DEFAULTS));
-  for (const k of Object.keys(isObj(input) ? input : {})) if (!known.has(k)) p.push(`${k}: unknown setting`);
+  p.push(...unknownSettings(input, DEFAULTS, ''));
 
   const get = (path: string): unknown => path.split('.').reduce<unknown>((o, k) => (isObj(o) ? o[k] : undefined), raw);
   const str = (path: string, nullable = false): string | null => {
@@ -350,17 +365,22 @@ export function parseConfig(input: unknown): Config {
   return config;
 }
 
-/** BATV_PROXY_A__B_C=v → { a: { bC: v } }; numbers, booleans, null and comma lists are converted. */
+/**
+ * BATV_PROXY_A__B_C=v → { a: { bC: v } }, converted by the type the schema gives that setting: numbers,
+ * booleans, comma-separated lists; "null" only where null is allowed; everything else stays a string
+ * (a password of digits stays a string).
+ */
 export function envOverrides(env: Readonly<Record<string, string | undefined>>): Obj {
   const out: Obj = {};
   for (const [name, value] of Object.entries(env)) {
     if (!name.startsWith('BATV_PROXY_') || value === undefined || name === 'BATV_PROXY_CONFIG') continue;
     const path = name.slice('BATV_PROXY_'.length).split('__').map((seg) => seg.toLowerCase().replace(/_([a-z0-9])/g, (_, c: string) => c.toUpperCase()));
+    const def = path.reduce<unknown>((o, k) => (isObj(o) ? o[k] : undefined), DEFAULTS);
     let v: unknown = value;
-    if (/^-?\d+$/.test(value)) v = Number(value);
-    else if (value === 'true' || value === 'false') v = value === 'true';
-    else if (value === 'null') v = null;
-    else if (['domains', 'allowNetworks', 'exemptSenders', 'exemptRecipients'].includes(path[path.length - 1]!)) v = value.split(',').map((s) => s.trim()).filter(Boolean);
+    if (typeof def === 'number' && /^-?\d+$/.test(value)) v = Number(value);
+    else if (typeof def === 'boolean' && (value === 'true' || value === 'false')) v = value === 'true';
+    else if (Array.isArray(def)) v = value.split(',').map((x) => x.trim()).filter(Boolean);
+    else if ((def === null || typeof def === 'string') && value === 'null') v = null;
     let o = out;
     for (const seg of path.slice(0, -1)) o = (o[seg] = isObj(o[seg]) ? o[seg] : {}) as Obj;
     o[path[path.length - 1]!] = v;

@@ -41,7 +41,6 @@ interface JwkEntry {
   kty: 'oct';
   kid: string;
   k: string;
-  alg?: string;
   status: KeyStatus;
   created: string;
   demoted?: string;
@@ -104,6 +103,10 @@ export async function readKeys(dir: string): Promise<StoredKey[]> {
       throw new KeyringError(`${where} has an unreadable secret: ${(err as Error).message}`);
     }
     if (secret.length > MAX_KEY_BYTES) throw new KeyringError(`${where} secret is ${secret.length} bytes; at most ${MAX_KEY_BYTES} are allowed`);
+    if (secret.length === 0) throw new KeyringError(`${where} has an empty secret (anyone could forge tags with it)`);
+    for (const f of ['created', 'demoted'] as const) {
+      if (e[f] !== undefined && Number.isNaN(Date.parse(String(e[f])))) throw new KeyringError(`${where} has ${f} ${JSON.stringify(e[f])}, not an ISO 8601 date`);
+    }
     keys.push({ num: Number(e.kid), secret, status: e.status, created: String(e.created ?? ''), ...(e.demoted ? { demoted: e.demoted } : {}), ...(e.origin ? { origin: e.origin } : {}) });
   }
   checkKeys(keys, file);
@@ -130,7 +133,6 @@ export async function writeKeys(dir: string, keys: readonly StoredKey[]): Promis
       kty: 'oct',
       kid: String(k.num),
       k: base64url.encode(k.secret),
-      alg: 'HS1',
       status: k.status,
       created: k.created,
       ...(k.demoted ? { demoted: k.demoted } : {}),
@@ -209,18 +211,20 @@ export function retire(keys: readonly StoredKey[], nowMs: number, verifyDays: nu
 export function parsePostsrsdSecrets(text: Uint8Array): Uint8Array[] {
   const out: Uint8Array[] = [];
   let start = 0;
+  let line = 0;
   for (let i = 0; i <= text.length; i++) {
     if (i === text.length || text[i] === 0x0a) {
+      line++;
       let end = i;
       while (end > start && (text[end - 1] === 0x0d || text[end - 1] === 0x0a)) end--;
+      if (end - start > MAX_KEY_BYTES) {
+        throw new KeyringError(`postsrsd secret on line ${line} is ${end - start} bytes; at most ${MAX_KEY_BYTES} are allowed`);
+      }
       if (end > start) out.push(text.slice(start, end));
       start = i + 1;
     }
   }
   if (out.length === 0) throw new KeyringError('The postsrsd secrets file has no secret in it');
-  for (const [i, s] of out.entries()) {
-    if (s.length > MAX_KEY_BYTES) throw new KeyringError(`postsrsd secret on line ${i + 1} is ${s.length} bytes; at most ${MAX_KEY_BYTES} are allowed`);
-  }
   return out;
 }
 

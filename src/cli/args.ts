@@ -42,8 +42,11 @@ export function parseVerbArgs(verb: Verb, argv: string[]): { values: Record<stri
   }
   const { values, positionals } = parsed;
   if (!values.help) {
-    if (positionals.length < verb.positionals.min) throw new UsageError(`${verb.name}: missing argument (usage: ${verb.synopsis})`);
-    if (positionals.length > verb.positionals.max) throw new UsageError(`${verb.name}: unexpected argument "${positionals[verb.positionals.max]}"`);
+    if (positionals.length < verb.positionals.min) {
+      const name = /^batv-proxy \S+ (\S+)/.exec(verb.synopsis)?.[1] ?? 'argument';
+      throw new UsageError(`missing argument ${name}`);
+    }
+    if (positionals.length > verb.positionals.max) throw new UsageError(`unexpected argument "${positionals[verb.positionals.max]}"`);
   }
   return { values: values as Record<string, string | string[] | boolean | undefined>, positionals };
 }
@@ -52,8 +55,11 @@ export function parseVerbArgs(verb: Verb, argv: string[]): { values: Record<stri
 export function nowFrom(values: Record<string, unknown>, io: Io): number {
   const v = values.now;
   if (v === undefined) return io.now();
-  const t = Date.parse(String(v));
-  if (Number.isNaN(t)) throw new UsageError(`--now: "${String(v)}" is not an ISO 8601 date (e.g. 2026-01-01T12:00:00Z)`);
+  const text = String(v);
+  const m = /^(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?)(Z|[+-]\d{2}:?\d{2})?)?$/i.exec(text);
+  // Tags count UTC days, so a time without a zone is UTC, never the machine's local time.
+  const t = m ? Date.parse(`${m[1]}T${m[2] ?? '00:00'}${m[3] ?? 'Z'}`) : NaN;
+  if (Number.isNaN(t)) throw new UsageError(`--now: "${text}" is not an ISO 8601 date (e.g. 2026-01-01T12:00:00Z)`);
   return t;
 }
 

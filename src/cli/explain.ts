@@ -6,10 +6,9 @@
 import { MS_PER_DAY, utcDay } from '../clock.js';
 import { BATV_LIFETIME_DAYS, FUTURE_WINDOW_DAYS, batvVerify } from '../tags/batv.js';
 import { srsReverse, type SrsOptions } from '../tags/srs.js';
-import { makeKeyring, tagKey, type TagKeyring } from '../tags/keyring.js';
-import { utf8 } from '../tags/hmac.js';
+import { tagKey, type TagKeyring } from '../tags/keyring.js';
 import type { Config } from '../config.js';
-import { configFor } from './tags.js';
+import { configFor, secretsKeyring } from './tags.js';
 import { loadKeyring, thumbprint, type StoredKey } from '../keys.js';
 import { SRS_DEFAULTS } from '../tags/srs.js';
 import { EXIT_OK, EXIT_REFUSED, nowFrom, strings, type Io, type Verb } from './args.js';
@@ -99,12 +98,12 @@ export const explainVerb: Verb = {
     const secrets = strings(values.secret);
     let ring: TagKeyring;
     let stored: StoredKey[] = [];
-    if (secrets.length) ring = makeKeyring(secrets.map((s, i) => tagKey(i, utf8(s))));
+    if (secrets.length) ring = secretsKeyring(secrets, 0);
     else ({ ring, keys: stored } = await loadKeyring((values.dir as string | undefined) ?? config?.keys.dir ?? 'keys'));
     if (secrets.length === 1) {
       // One secret on the command line verifies whatever key number a BATV tag carries (as exim does).
-      const k = secrets[0]!;
-      ring = { ...ring, byNum: (n) => tagKey(n, utf8(k)) };
+      const k = ring.signing.secret;
+      ring = { ...ring, byNum: (n) => tagKey(n, k) };
     }
     const ctx: Ctx = { ring, stored, config, now };
     const out = [`address: ${address}`, `now: ${new Date(now).toISOString()}`];

@@ -6,6 +6,7 @@
 import { batvSign, batvVerify } from '../tags/batv.js';
 import { utf8 } from '../tags/hmac.js';
 import { makeKeyring, tagKey, type TagKey, type TagKeyring } from '../tags/keyring.js';
+import { parseMailbox } from '../tags/address.js';
 import { SRS_DEFAULTS, srsForward, srsReverse, type SrsOptions, type SrsSeparator } from '../tags/srs.js';
 import { loadConfig, type Config } from '../config.js';
 import { loadKeyring } from '../keys.js';
@@ -28,16 +29,7 @@ export async function configFor(values: Record<string, unknown>, io: Io): Promis
 /** The keyring from --secret (first signs) or from --dir / the config's keys.dir / keys/. */
 async function keyringFrom(values: Record<string, unknown>, io: Io, keynum?: number): Promise<TagKeyring> {
   const secrets = strings(values.secret);
-  if (secrets.length > 0) {
-    const keys = secrets.map((s, i) => {
-      try {
-        return tagKey(i === 0 ? (keynum ?? 0) : (((keynum ?? 0) + i) % 10), utf8(s));
-      } catch (e) {
-        throw new UsageError(`--secret: ${(e as Error).message}`);
-      }
-    });
-    return makeKeyring(keys);
-  }
+  if (secrets.length > 0) return secretsKeyring(secrets, keynum ?? 0);
   const dir = (values.dir as string | undefined) ?? (await configFor(values, io))?.keys.dir ?? 'keys';
   const { ring } = await loadKeyring(dir);
   if (keynum !== undefined && keynum !== ring.signing.num) {
@@ -46,6 +38,32 @@ async function keyringFrom(values: Record<string, unknown>, io: Io, keynum?: num
     return makeKeyring([k, ...ring.verifying.filter((x) => x !== k)]);
   }
   return ring;
+}
+
+/**
+ * A keyring from --secret values: the first signs (with key number `keynum`), all verify. Any number of
+ * secrets is allowed (postsrsd keeps any number), so numbers are not required to be unique here.
+ */
+export function secretsKeyring(secrets: readonly string[], keynum: number): TagKeyring {
+  const keys = secrets.map((s, i) => {
+    try {
+      return tagKey(i === 0 ? keynum : (keynum + i) % 10, utf8(s));
+    } catch (e) {
+      throw new UsageError(`--secret: ${(e as Error).message}`);
+    }
+  });
+  const first = keys[0]!;
+  return { signing: first, verifying: keys, byNum: (n) => keys.find((k) => k.num === n) };
+}
+
+/** Refuses what is not an RFC 5321 mailbox (exit 1), as DESIGN §5 asks; the null sender is refused by the tag code. */
+function checkAddress(address: string, verb: string, io: Io): boolean {
+  if (address === '' || address === '<>') return true;
+  const p = parseMailbox(address);
+  // Unqualified addresses are refused by the tag code itself, with its own words.
+  if (p.ok || p.problem === 'unqualified') return true;
+  io.err(`Cannot ${verb} "${address}": invalid address (${p.message})\n`);
+  return false;
 }
 
 /** With --secret, BATV verification uses the given secret(s) whatever key number the tag carries (as exim does). */
@@ -64,6 +82,7 @@ export const sign: Verb = {
     const keynum = intFlag(values, 'keynum', 0, 9);
     const now = nowFrom(values, io);
     const ring = await keyringFrom(values, io, keynum);
+    if (!checkAddress(address!, 'sign', io)) return EXIT_REFUSED;
     const r = batvSign(address!, ring.signing, now);
     if (r.kind === 'refused') { io.err(`Cannot sign "${address}": ${r.message}\n`); return EXIT_REFUSED; }
     io.out(`${r.address}\n`);
@@ -141,7 +160,9 @@ export const srsForwardVerb: Verb = {
   async run(values, [address], io) {
     const opts = await srsOptions(values, io);
     const now = nowFrom(values, io);
-    const r = srsForward(address!, await keyringFrom(values, io), opts, now);
+    const ring = await keyringFrom(values, io);
+    if (!checkAddress(address!, 'rewrite', io)) return EXIT_REFUSED;
+    const r = srsForward(address!, ring, opts, now);
     if (r.kind === 'refused') { io.err(`Cannot rewrite "${address}": ${r.message}\n`); return EXIT_REFUSED; }
     io.out(`${r.address}\n`);
     return EXIT_OK;

@@ -209,6 +209,9 @@ class Session implements NextHopSession {
   private readonly closeListeners: Array<(err: NextHopError | null) => void> = [];
 
   constructor(private readonly opts: NextHopOptions) {
+    if (opts.name !== undefined && !/^[\x21-\x7e]+$/.test(opts.name)) {
+      throw new TypeError(`Cannot use EHLO name "${opts.name}": it must be printable ASCII without spaces`);
+    }
     this.hop = `${opts.host}:${opts.port}`;
     const d = DEFAULT_TIMEOUTS_MS;
     this.t = { connect: opts.connectTimeoutMs ?? d.connect, greeting: opts.greetingTimeoutMs ?? d.greeting,

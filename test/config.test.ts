@@ -1,0 +1,359 @@
+/**
+ * src/config.ts: the embedded defaults, the DESIGN §5 names, one ConfigError naming every wrong field
+ * (STYLE H12), JSON and YAML files, BATV_PROXY_* environment overrides over the file, and redaction.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ConfigError, loadConfig, parseConfig, redacted, type Config } from '../src/config.js';
+
+let tmp: string;
+beforeAll(() => {
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'batv-config-'));
+});
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+function write(name: string, text: string): string {
+  const p = path.join(tmp, name);
+  fs.writeFileSync(p, text);
+  return p;
+}
+
+/** The ConfigError a call throws (the test fails when it does not throw one). */
+function configError(fn: () => unknown): ConfigError {
+  try {
+    fn();
+  } catch (e) {
+    if (e instanceof ConfigError) return e;
+    throw e;
+  }
+  throw new Error('expected a ConfigError, got a config');
+}
+
+async function configErrorAsync(p: Promise<unknown>): Promise<ConfigError> {
+  try {
+    await p;
+  } catch (e) {
+    if (e instanceof ConfigError) return e;
+    throw e;
+  }
+  throw new Error('expected a ConfigError, got a config');
+}
+
+const problems = (input: unknown): readonly string[] => configError(() => parseConfig(input)).problems;
+
+/** DESIGN §5's example config, verbatim. */
+const DESIGN_EXAMPLE = {
+  domains: ['example.com'],
+  srs: { domain: 'fwd.example.net', maxAgeDays: 21 },
+  batv: { maxAgeDays: 7 },
+  outbound: { listen: '127.0.0.1:2525', relay: 'smtp://127.0.0.1:2600', allowNetworks: ['127.0.0.0/8', '::1/128'] },
+  inbound: { listen: '127.0.0.1:2526', mailbox: 'smtp://127.0.0.1:2601', untaggedBounces: 'reject' },
+  keys: { dir: 'keys' },
+  metrics: { listen: '127.0.0.1:9425' },
+};
+
+const LOOPBACK_NETS = [
+  { text: '127.0.0.0/8', family: 4, bits: 8, base: 0x7f000000n },
+  { text: '::1/128', family: 6, bits: 128, base: 1n },
+];
+
+describe('parseConfig() defaults', () => {
+  it('parses an empty object into the embedded defaults (loopback listeners, capture, no relay)', () => {
+    const c = parseConfig({});
+    expect(c.domains).toEqual(['example.com']);
+    expect(c.hostname).toBe(os.hostname());
+    expect(c.srs).toEqual({ domain: 'srs.example.com', maxAgeDays: 21, separator: '=', hashLength: 4, hashMin: 4, alphabet: 'base64', alwaysRewrite: false });
+    expect(c.batv).toEqual({ maxAgeDays: 7 });
+    expect(c.keys).toEqual({ dir: 'keys' });
+    expect({ listen: c.outbound.listen, relay: c.outbound.relay, captureDir: c.outbound.captureDir, allowNetworks: c.outbound.allowNetworks, usersFile: c.outbound.usersFile })
+      .toEqual({ listen: '127.0.0.1:2525', relay: null, captureDir: 'mail/outbox', allowNetworks: LOOPBACK_NETS, usersFile: null });
+    expect({ listen: c.inbound.listen, mailbox: c.inbound.mailbox, captureDir: c.inbound.captureDir, untaggedBounces: c.inbound.untaggedBounces, graceUntil: c.inbound.graceUntil })
+      .toEqual({ listen: '127.0.0.1:2526', mailbox: null, captureDir: 'mail/inbox', untaggedBounces: 'reject', graceUntil: null });
+    expect(c.tls).toEqual({ key: null, cert: null });
+    expect(c.relayAuth).toBe(null);
+    expect(c.timeouts).toEqual({ connectMs: 10_000, greetingMs: 30_000, commandMs: 60_000, dataMs: 600_000, clientIdleMs: 660_000 });
+    expect(c.metrics).toEqual({ listen: null });
+  });
+
+  it('parses DESIGN §5\'s example under its names', () => {
+    const c = parseConfig(DESIGN_EXAMPLE);
+    expect(c.domains).toEqual(['example.com']);
+    expect(c.srs.domain).toBe('fwd.example.net');
+    expect(c.srs.maxAgeDays).toBe(21);
+    expect(c.batv.maxAgeDays).toBe(7);
+    expect(c.outbound.listen).toBe('127.0.0.1:2525');
+    expect(c.outbound.relay).toEqual({ url: 'smtp://127.0.0.1:2600', host: '127.0.0.1', port: 2600, secure: false });
+    expect(c.outbound.allowNetworks).toEqual(LOOPBACK_NETS);
+    expect(c.inbound.listen).toBe('127.0.0.1:2526');
+    expect(c.inbound.mailbox).toEqual({ url: 'smtp://127.0.0.1:2601', host: '127.0.0.1', port: 2601, secure: false });
+    expect(c.inbound.untaggedBounces).toBe('reject');
+    expect(c.keys.dir).toBe('keys');
+    expect(c.metrics.listen).toBe('127.0.0.1:9425');
+  });
+
+  it('reads next hops: smtp:// defaults to port 25, smtps:// to 465 with implicit TLS, IPv6 literals unbracketed', () => {
+    const c = parseConfig({ outbound: { relay: 'smtps://relay.example' }, inbound: { mailbox: 'smtp://[::1]' } });
+    expect(c.outbound.relay).toEqual({ url: 'smtps://relay.example', host: 'relay.example', port: 465, secure: true });
+    expect(c.inbound.mailbox).toEqual({ url: 'smtp://[::1]', host: '::1', port: 25, secure: false });
+  });
+});
+
+describe('parseConfig() refuses bad settings', () => {
+  it('names every invalid field in one ConfigError', () => {
+    const e = configError(() => parseConfig({
+      foo: 1,
+      domains: ['Example.com'],
+      srs: { domain: 'EXAMPLE.COM', hashMin: 9 },
+      outbound: { listen: 'localhost', relay: 'http://relay.example', allowNetworks: ['10.0.0.0/33', 'nope'] },
+      batv: { maxAgeDays: -1 },
+      limits: { maxClients: 1.5 },
+      tls: { key: 'k.pem' },
+      timeouts: { clientIdleMs: 600_000 },
+    }));
+    const expected = [
+      'foo: unknown setting',
+      'srs.domain: "EXAMPLE.COM" is one of our domains; SRS needs a domain of its own (e.g. srs.EXAMPLE.COM)',
+      'srs.hashMin: 9 is above srs.hashLength (4)',
+      'outbound.allowNetworks: "10.0.0.0/33" has a prefix length outside 0-32',
+      'outbound.allowNetworks: "nope" is not an address or address/bits range',
+      'tls: set both key and cert, or neither',
+      'timeouts.clientIdleMs: 600000 must be above timeouts.dataMs (600000) so the next hop\'s answer reaches the client first',
+      'batv.maxAgeDays: must be a whole number from 0 to 100',
+      'outbound.listen: "localhost" must be host:port, e.g. 127.0.0.1:2525 or [::1]:2525',
+      'outbound.relay: "http://relay.example" must start with smtp:// or smtps://',
+      'limits.maxClients: must be a whole number from 1 to 100000',
+    ];
+    expect(e.problems).toEqual(expected);
+    expect(e.message).toBe(`Invalid configuration:\n${expected.map((p) => `  - ${p}`).join('\n')}`);
+    expect(e.name).toBe('ConfigError');
+  });
+
+  it('refuses hashMin above hashLength', () => {
+    expect(problems({ srs: { hashLength: 6, hashMin: 7 } })).toEqual(['srs.hashMin: 7 is above srs.hashLength (6)']);
+  });
+
+  it('refuses an srs.domain equal to one of domains in a different case', () => {
+    expect(problems({ domains: ['a.example', 'Mail.Example.ORG'], srs: { domain: 'mail.example.org' } }))
+      .toEqual(['srs.domain: "mail.example.org" is one of our domains; SRS needs a domain of its own (e.g. srs.mail.example.org)']);
+  });
+
+  it('refuses a listen address that is not host:port', () => {
+    expect(problems({ inbound: { listen: '127.0.0.1' } })).toEqual(['inbound.listen: "127.0.0.1" must be host:port, e.g. 127.0.0.1:2525 or [::1]:2525']);
+    expect(problems({ inbound: { listen: '127.0.0.1:70000' } })).toEqual(['inbound.listen: "127.0.0.1:70000" must be host:port, e.g. 127.0.0.1:2525 or [::1]:2525']);
+    expect(problems({ metrics: { listen: '::1:9425' } })).toEqual(['metrics.listen: "::1:9425" must be host:port, e.g. 127.0.0.1:2525 or [::1]:2525']);
+  });
+
+  it('refuses the same listen address for both listeners', () => {
+    expect(problems({ inbound: { listen: '127.0.0.1:2525' } })).toEqual(['inbound.listen: "127.0.0.1:2525" is also outbound.listen']);
+  });
+
+  it('refuses a next hop that is not an smtp:// or smtps:// URL', () => {
+    expect(problems({ outbound: { relay: 'http://relay.example:25' }, inbound: { mailbox: 'mx.internal' } })).toEqual([
+      'outbound.relay: "http://relay.example:25" must start with smtp:// or smtps://',
+      'inbound.mailbox: "mx.internal" is not a URL; write smtp://host:port',
+    ]);
+  });
+
+  it('refuses an unknown top-level setting', () => {
+    expect(problems({ domain: ['example.com'] })).toEqual(['domain: unknown setting']);
+  });
+
+  it('refuses an unknown setting inside a section (a typo is never silently ignored)', () => {
+    expect(problems({ srs: { maxAgeDay: 5 } })).toEqual(['srs.maxAgeDay: unknown setting']);
+  });
+
+  it('refuses negative and fractional numbers', () => {
+    expect(problems({ srs: { maxAgeDays: -3 }, limits: { maxRecipients: 2.5 }, inbound: { dnsbl: { timeoutMs: 1e9 } } })).toEqual([
+      'srs.maxAgeDays: must be a whole number from 1 to 1000',
+      'inbound.dnsbl.timeoutMs: must be a whole number from 50 to 60000',
+      'limits.maxRecipients: must be a whole number from 1 to 100000',
+    ]);
+    expect(problems({ batv: { maxAgeDays: '7' } })).toEqual(['batv.maxAgeDays: must be a whole number from 0 to 100']);
+  });
+
+  it('refuses a bad CIDR in allowNetworks', () => {
+    expect(problems({ outbound: { allowNetworks: ['192.0.2.0/24', '192.0.2.0/x', '2001:db8::/129', '192.0.2.300'] } })).toEqual([
+      'outbound.allowNetworks: "192.0.2.0/x" has a prefix length outside 0-32',
+      'outbound.allowNetworks: "2001:db8::/129" has a prefix length outside 0-128',
+      'outbound.allowNetworks: "192.0.2.300" is not an address or address/bits range',
+    ]);
+  });
+
+  it('refuses a TLS key without a certificate, and a certificate without a key', () => {
+    expect(problems({ tls: { key: 'tls/key.pem' } })).toEqual(['tls: set both key and cert, or neither']);
+    expect(problems({ tls: { cert: 'tls/cert.pem' } })).toEqual(['tls: set both key and cert, or neither']);
+    expect(parseConfig({ tls: { key: 'tls/key.pem', cert: 'tls/cert.pem' } }).tls).toEqual({ key: 'tls/key.pem', cert: 'tls/cert.pem' });
+  });
+
+  it('refuses clientIdleMs at or below dataMs', () => {
+    expect(problems({ timeouts: { dataMs: 60_000, clientIdleMs: 60_000 } }))
+      .toEqual(['timeouts.clientIdleMs: 60000 must be above timeouts.dataMs (60000) so the next hop\'s answer reaches the client first']);
+    expect(problems({ timeouts: { dataMs: 60_000, clientIdleMs: 30_000 } }))
+      .toEqual(['timeouts.clientIdleMs: 30000 must be above timeouts.dataMs (60000) so the next hop\'s answer reaches the client first']);
+    expect(parseConfig({ timeouts: { dataMs: 60_000, clientIdleMs: 60_001 } }).timeouts.clientIdleMs).toBe(60_001);
+  });
+
+  it('refuses an empty domains list, a bad domain and an unknown untaggedBounces mode', () => {
+    expect(problems({ domains: [] })).toEqual(['domains: list at least one domain of ours']);
+    expect(problems({ domains: ['exa mple.com'], inbound: { untaggedBounces: 'drop' } })).toEqual([
+      'domains: "exa mple.com" is not a domain name',
+      'inbound.untaggedBounces: must be one of "reject", "classify", "tag", "accept"',
+    ]);
+  });
+
+  it('refuses a relayAuth without both user and pass', () => {
+    expect(problems({ relayAuth: { user: 'u' } })).toEqual(['relayAuth: must be null or { "user": "...", "pass": "..." }']);
+  });
+});
+
+describe('loadConfig() files', () => {
+  const YAML = [
+    'domains:',
+    '  - example.com',
+    '  - example.org',
+    'srs:',
+    '  domain: fwd.example.net',
+    '  separator: "+"',
+    'outbound:',
+    '  relay: smtp://relay.example:2600',
+    'inbound:',
+    '  untaggedBounces: classify',
+    '',
+  ].join('\n');
+  const JSON_TEXT = JSON.stringify({
+    domains: ['example.com', 'example.org'],
+    srs: { domain: 'fwd.example.net', separator: '+' },
+    outbound: { relay: 'smtp://relay.example:2600' },
+    inbound: { untaggedBounces: 'classify' },
+  }, null, 2);
+
+  it('loads YAML and JSON files to the same config', async () => {
+    const fromYaml = await loadConfig(write('c.yaml', YAML));
+    const fromJson = await loadConfig(write('c.json', JSON_TEXT));
+    expect(fromYaml).toEqual(fromJson);
+    expect(fromYaml.domains).toEqual(['example.com', 'example.org']);
+    expect(fromYaml.srs.separator).toBe('+');
+    expect(fromYaml.outbound.relay).toEqual({ url: 'smtp://relay.example:2600', host: 'relay.example', port: 2600, secure: false });
+    expect(fromYaml.inbound.untaggedBounces).toBe('classify');
+  });
+
+  it('loads a JSON file indented with tabs', async () => {
+    const c = await loadConfig(write('tabs.json', '{\n\t"domains": ["a.example"],\n\t"srs": {\n\t\t"domain": "fwd.example.net"\n\t}\n}\n'));
+    expect([c.domains, c.srs.domain]).toEqual([['a.example'], 'fwd.example.net']);
+  });
+
+  it('treats an empty file as no settings', async () => {
+    expect((await loadConfig(write('empty.yaml', ''))).domains).toEqual(['example.com']);
+  });
+
+  it('names the file when it cannot be read', async () => {
+    const missing = path.join(tmp, 'missing.yaml');
+    const e = await configErrorAsync(loadConfig(missing));
+    expect(e.problems).toEqual([`cannot read ${missing}: ENOENT: no such file or directory, open '${missing}'`]);
+    expect(e.message).toBe(`Invalid configuration ${missing}:\n  - cannot read ${missing}: ENOENT: no such file or directory, open '${missing}'`);
+    const e2 = await configErrorAsync(loadConfig(tmp));
+    expect(e2.problems).toEqual([`cannot read ${tmp}: EISDIR: illegal operation on a directory, read`]);
+  });
+
+  it('names the file when it cannot be parsed', async () => {
+    for (const [name, text] of [['bad.yaml', 'domains: [a.example\n'], ['bad.json', '{"domains": ["a.example"],,}']] as const) {
+      const file = write(name, text);
+      const e = await configErrorAsync(loadConfig(file));
+      expect(e.problems.length).toBe(1);
+      expect(e.problems[0]!.startsWith(`cannot parse ${file}: `)).toBe(true);
+      expect(e.message.split('\n')[0]).toBe(`Invalid configuration ${file}:`);
+    }
+  });
+
+  it('refuses a file that does not hold an object of settings', async () => {
+    const file = write('list.yaml', '- a\n- b\n');
+    expect((await configErrorAsync(loadConfig(file))).problems).toEqual([`${file} must hold an object of settings`]);
+  });
+
+  it('names the file together with every bad field in it', async () => {
+    const file = write('bad-fields.json', JSON.stringify({ batv: { maxAgeDays: 500 }, outbound: { relay: 'ftp://x' } }));
+    const e = await configErrorAsync(loadConfig(file));
+    expect(e.problems).toEqual(['batv.maxAgeDays: must be a whole number from 0 to 100', 'outbound.relay: "ftp://x" must start with smtp:// or smtps://']);
+    expect(e.message).toBe(`Invalid configuration ${file}:\n  - batv.maxAgeDays: must be a whole number from 0 to 100\n  - outbound.relay: "ftp://x" must start with smtp:// or smtps://`);
+  });
+});
+
+describe('loadConfig() environment overrides', () => {
+  it('BATV_PROXY_OUTBOUND__RELAY, BATV_PROXY_DOMAINS and BATV_PROXY_INBOUND__UNTAGGED_BOUNCES apply over the file', async () => {
+    const file = write('env.json', JSON.stringify({ domains: ['file.example'], outbound: { relay: 'smtp://file-relay.example:25' }, inbound: { untaggedBounces: 'reject' }, srs: { domain: 'fwd.example.net' } }));
+    const c = await loadConfig(file, {
+      BATV_PROXY_OUTBOUND__RELAY: 'smtp://mx.internal:2525',
+      BATV_PROXY_DOMAINS: 'a.example,b.example',
+      BATV_PROXY_INBOUND__UNTAGGED_BOUNCES: 'classify',
+    });
+    expect(c.outbound.relay).toEqual({ url: 'smtp://mx.internal:2525', host: 'mx.internal', port: 2525, secure: false });
+    expect(c.domains).toEqual(['a.example', 'b.example']);
+    expect(c.inbound.untaggedBounces).toBe('classify');
+    expect(c.srs.domain).toBe('fwd.example.net');
+  });
+
+  it('applies over the defaults without a file, converting numbers, booleans and null', async () => {
+    const c = await loadConfig(null, {
+      BATV_PROXY_DOMAINS: 'solo.example',
+      BATV_PROXY_BATV__MAX_AGE_DAYS: '10',
+      BATV_PROXY_SRS__ALWAYS_REWRITE: 'true',
+      BATV_PROXY_SRS__DOMAIN: 'null',
+      BATV_PROXY_OUTBOUND__ALLOW_NETWORKS: '10.0.0.0/8, 192.0.2.7',
+      BATV_PROXY_CONFIG: '/not/read/here.yaml',
+      PATH: '/usr/bin',
+    });
+    expect(c.domains).toEqual(['solo.example']);
+    expect(c.batv.maxAgeDays).toBe(10);
+    expect(c.srs.alwaysRewrite).toBe(true);
+    expect(c.srs.domain).toBe(null);
+    expect(c.outbound.allowNetworks.map((n) => n.text)).toEqual(['10.0.0.0/8', '192.0.2.7']);
+  });
+
+  it('names a bad value that came from the environment', async () => {
+    const e = await configErrorAsync(loadConfig(null, { BATV_PROXY_INBOUND__UNTAGGED_BOUNCES: 'sometimes' }));
+    expect(e.problems).toEqual(['inbound.untaggedBounces: must be one of "reject", "classify", "tag", "accept"']);
+  });
+
+  it('keeps a relay password made of digits a string', async () => {
+    const c = await loadConfig(null, { BATV_PROXY_RELAY_AUTH__USER: 'relay-user', BATV_PROXY_RELAY_AUTH__PASS: '20261122' });
+    expect(c.relayAuth).toEqual({ user: 'relay-user', pass: '20261122' });
+  });
+
+  it('splits every list setting at commas, inbound.dnsbl.servers included', async () => {
+    const c = await loadConfig(null, { BATV_PROXY_INBOUND__DNSBL__SERVERS: '192.0.2.53,192.0.2.54' });
+    expect(c.inbound.dnsbl.servers).toEqual(['192.0.2.53', '192.0.2.54']);
+  });
+});
+
+describe('redacted()', () => {
+  const withAuth = (): Config => parseConfig({ ...DESIGN_EXAMPLE, relayAuth: { user: 'relay-user', pass: 'hunter2-pass' } });
+
+  it('hides the relay password and keeps the user', () => {
+    const r = redacted(withAuth()) as { relayAuth: unknown };
+    expect(r.relayAuth).toEqual({ user: 'relay-user', pass: '***' });
+    expect(JSON.stringify(r).includes('hunter2-pass')).toBe(false);
+  });
+
+  it('prints networks as the text that was configured', () => {
+    const r = redacted(withAuth()) as { outbound: { allowNetworks: unknown } };
+    expect(r.outbound.allowNetworks).toEqual(['127.0.0.0/8', '::1/128']);
+  });
+
+  it('keeps relayAuth null when there is none', () => {
+    expect((redacted(parseConfig({})) as { relayAuth: unknown }).relayAuth).toBe(null);
+  });
+
+  it('hides a password written into a next-hop URL', () => {
+    let c: Config | ConfigError;
+    try {
+      c = parseConfig({ outbound: { relay: 'smtp://relay-user:hunter2-pass@relay.example:587' } });
+    } catch (e) {
+      if (!(e instanceof ConfigError)) throw e;
+      c = e; // refusing credentials in the URL is fine too, as long as the error does not print them
+    }
+    const shown = c instanceof ConfigError ? c.message : JSON.stringify(redacted(c));
+    expect(shown.includes('hunter2-pass')).toBe(false);
+  });
+});
