@@ -102,7 +102,9 @@ export function batvVerify(
   if (!constantTimeEqual(sig, signature(key, k, ddd, original), foldAsciiCase)) {
     return { kind: 'invalid', reason: 'bad-signature', message: 'BATV signature invalid', original, keyNum };
   }
-  const ageDays = (((utcDay(nowMs) - Number(ddd) + BATV_LIFETIME_DAYS) % 1000) + 1000) % 1000;
+  // Today's stamp as exim computes it when checking (day numbers under three digits read as 100).
+  const today = utcDay(nowMs);
+  const ageDays = ((((today < 100 ? 100 : today) - Number(ddd) + BATV_LIFETIME_DAYS) % 1000) + 1000) % 1000;
   if (ageDays <= maxAgeDays) return { kind: 'valid', original, keyNum, ageDays };
   // DDD only has three digits, so a sign day "in the future" and one ~1000 days ago look alike: only a
   // sign day up to FUTURE_WINDOW_DAYS ahead (a clock running ahead) is called future, the rest expired.

@@ -16,7 +16,7 @@
 import { utcDay } from '../clock.js';
 import { constantTimeEqual, foldAsciiCase } from './hmac.js';
 import type { TagKey, TagKeyring } from './keyring.js';
-import { lowerAscii, sameDomain } from './address.js';
+import { lowerAscii } from './address.js';
 import { FUTURE_WINDOW_DAYS } from './batv.js';
 
 export type SrsSeparator = '=' | '+' | '-';
@@ -103,7 +103,8 @@ export function srsForward(sender: string, keyring: Pick<TagKeyring, 'signing'>,
   if (local.includes('@')) {
     return { kind: 'refused', reason: 'at-in-local-part', message: 'a sender whose local part contains "@" cannot be rewritten' };
   }
-  if (!opts.alwaysRewrite && sameDomain(host, opts.domain)) return { kind: 'unchanged', reason: 'srs-domain', address: sender };
+  // Exactly as the family compares (case-insensitive, a trailing dot is a different name).
+  if (!opts.alwaysRewrite && lowerAscii(host) === lowerAscii(opts.domain)) return { kind: 'unchanged', reason: 'srs-domain', address: sender };
 
   const key = keyring.signing;
   const { separator: sep, hashLength: n, alphabet, domain } = opts;
@@ -112,7 +113,8 @@ export function srsForward(sender: string, keyring: Pick<TagKeyring, 'signing'>,
     return { kind: 'rewritten', scheme: 'SRS1', address: `SRS1${sep}${hash(key, [host, opaque], n, alphabet)}=${host}=${opaque}@${domain}` };
   }
   if (SRS1_RE.test(local)) {
-    const parts = splitFields(local.slice(5), 3);
+    // The family re-hashes an SRS1 even when some of its fields are empty; only missing separators refuse.
+    const parts = splitFields(local.slice(5), 3, true);
     if (!parts) return { kind: 'refused', reason: 'malformed-srs1', message: 'malformed SRS1 sender' };
     const [, h1, opaque] = parts;
     return { kind: 'rewritten', scheme: 'SRS1', address: `SRS1${sep}${hash(key, [h1!, opaque!], n, alphabet)}=${h1}=${opaque}@${domain}` };
@@ -121,17 +123,20 @@ export function srsForward(sender: string, keyring: Pick<TagKeyring, 'signing'>,
   return { kind: 'rewritten', scheme: 'SRS0', address: `SRS0${sep}${hash(key, [tt, host, local], n, alphabet)}=${tt}=${host}=${local}@${domain}` };
 }
 
-/** Splits at "=" into exactly `count` fields (the last keeps any further "="); null when fields are missing or empty. */
-function splitFields(s: string, count: number): string[] | null {
+/**
+ * Splits at "=" into exactly `count` fields (the last keeps any further "="); null when a separator is
+ * missing, or (unless `allowEmpty`) when a field is empty.
+ */
+function splitFields(s: string, count: number, allowEmpty = false): string[] | null {
   const out: string[] = [];
   let rest = s;
   for (let i = 0; i < count - 1; i++) {
     const eq = rest.indexOf('=');
-    if (eq <= 0) return null;
+    if (eq < 0 || (eq === 0 && !allowEmpty)) return null;
     out.push(rest.slice(0, eq));
     rest = rest.slice(eq + 1);
   }
-  if (rest === '') return null;
+  if (rest === '' && !allowEmpty) return null;
   out.push(rest);
   return out;
 }

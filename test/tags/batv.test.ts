@@ -354,7 +354,7 @@ const sender = fc
   .filter((a) => !/^prvs=/i.test(a));
 const keyNum = fc.integer({ min: 0, max: 9 });
 const secret = fc.uint8Array({ minLength: 0, maxLength: 64 });
-const signDay = fc.integer({ min: 100, max: 60_000 });
+const signDay = fc.integer({ min: 1000, max: 60_000 }); // day 99 and earlier read as 100 in exim (see the 1970 vectors)
 const msInDay = fc.integer({ min: 0, max: MS_PER_DAY - 1 });
 
 describe('BATV properties (fast-check)', () => {
