@@ -37,6 +37,26 @@ export type BatvVerifyResult =
   | { kind: 'valid'; original: string; keyNum: number; ageDays: number }
   | { kind: 'invalid'; reason: BatvInvalidReason; message: string; original?: string; keyNum?: number };
 
+/**
+ * Splits "prvs=" K DDD SSSSSS "=" local "@" domain without a regular expression (this runs for every
+ * tagged recipient). The prefix was checked by the caller; local and domain must be non-empty, the
+ * domain being what follows the last "@" (as exim's greedy match has it).
+ */
+function parseTag(a: string): { k: string; ddd: string; sig: string; original: string } | null {
+  if (a.length < 19 || a.charCodeAt(15) !== 61 /* = */) return null;
+  for (let i = 5; i < 9; i++) {
+    const c = a.charCodeAt(i);
+    if (c < 48 || c > 57) return null;
+  }
+  for (let i = 9; i < 15; i++) {
+    const c = a.charCodeAt(i) | 0x20;
+    if (!((c >= 48 && c <= 57) || (c >= 97 && c <= 102))) return null;
+  }
+  const at = a.lastIndexOf('@');
+  if (at <= 16 || at === a.length - 1) return null;
+  return { k: a[5]!, ddd: a.slice(6, 9), sig: a.slice(9, 15), original: a.slice(16) };
+}
+
 /** Does the address start with a prvs= tag (case-insensitive), valid or not? */
 export function hasBatvTag(address: string): boolean {
   return TAGGED.test(address) && FULL.test(address);
@@ -90,10 +110,9 @@ export function batvVerify(
   maxAgeDays: number = BATV_DEFAULT_MAX_AGE_DAYS,
 ): BatvVerifyResult {
   if (!TAGGED.test(address)) return { kind: 'not-tagged' };
-  const m = FULL.exec(address);
-  if (!m) return { kind: 'invalid', reason: 'malformed', message: 'malformed BATV tag' };
-  const [, k, ddd, sig, local, domain] = m as unknown as [string, string, string, string, string, string];
-  const original = `${local}@${domain}`;
+  const parsed = parseTag(address);
+  if (!parsed) return { kind: 'invalid', reason: 'malformed', message: 'malformed BATV tag' };
+  const { k, ddd, sig, original } = parsed;
   const keyNum = Number(k);
   const key = keyring.byNum(keyNum);
   if (!key) {
