@@ -15,6 +15,7 @@ import { startTestProxy, testKeyring, T0 } from '../helpers/proxy.js';
 import { hashPassword } from '../../src/auth.js';
 import { batvSign } from '../../src/tags/batv.js';
 import type { Proxy } from '../../src/proxy.js';
+import { checkExim, eximExpand, eximLiteral } from '../helpers/peers.js';
 
 const ring = testKeyring();
 const tagFor = (a: string) => (batvSign(a, ring.signing, T0) as { address: string }).address;
@@ -139,5 +140,29 @@ describe.skipIf(!existsSync(SMTP_SINK_PATH) && !process.env.CI)('outbound to Pos
     expect(d!.mailArgs).toBe(`<${tagFor('alice@example.com')}> SIZE=100 BODY=8BITMIME`);
     expect(d!.rcptArgs).toEqual(['<bob@example.net>']);
     expect(d!.body.toString()).toMatch(/\nSubject: via smtp-sink\n\n\.leading dot\nplain\n$/);
+  });
+});
+
+describe.skipIf(!checkExim().available && !process.env.CI)('a tag the proxy produced verifies in real exim', () => {
+  it('${prvscheck} accepts the MAIL FROM the next hop received, and refuses it 8 days later', async () => {
+    const sink = await startSink();
+    const { proxy } = await startTestProxy({ outbound: { relay: `smtp://127.0.0.1:${sink.port}` } }, { keyring: testKeyring('exim-shared-secret') });
+    try {
+      const t = talk(proxy.outbound.port);
+      await t.greeting;
+      await t.cmd('EHLO client.test');
+      expect(await t.cmd('MAIL FROM:<Alice.Smith+news@Example.com>')).toBe('250 Accepted');
+      expect(await t.cmd('RCPT TO:<bob@example.net>')).toBe('250 Accepted');
+      expect((await t.data('Subject: x\r\n\r\nx\r\n')).end).toBe('250 Ok: queued as sink');
+      await t.quit();
+      const [m] = await sink.waitForMessages(1);
+      const check = (day: number) => eximExpand(`\${prvscheck{${eximLiteral(m!.mailFrom)}}{exim-shared-secret}}|\${if eq{$prvscheck_result}{1}{valid}{refused}}`, { faketime: T0 + day * 86_400_000 });
+      expect(await check(0)).toEqual({ ok: true, value: 'Alice.Smith+news@Example.com|valid' });
+      expect(await check(7)).toEqual({ ok: true, value: 'Alice.Smith+news@Example.com|valid' });
+      expect(await check(8)).toEqual({ ok: true, value: 'Alice.Smith+news@Example.com|refused' });
+    } finally {
+      await proxy.close(100);
+      await sink.close();
+    }
   });
 });
