@@ -22,7 +22,11 @@ export type PeerAction =
       raw?: string | Buffer;
       /** Wait this long before acting. */
       delayMs?: number;
-      /** After the reply (or instead of it, when there is none): 'drop' closes, 'stall' never answers. */
+      /**
+       * After the reply (or instead of it, when there is none): 'drop' closes the connection; 'stall' keeps
+       * it open but answers nothing more (input is still recorded); 'stop-reading' stops reading the socket,
+       * so the client's writes back up once the TCP buffers are full.
+       */
       then?: 'drop' | 'stall' | 'stop-reading';
     };
 
@@ -33,9 +37,10 @@ export type PeerEvent =
 
 /**
  * A script: per event a single action (used every time), a list (the n-th occurrence on a connection takes
- * the n-th entry, the last one repeats) or a function of the line received. `BODY` acts once when this many
- * body bytes (raw, as received after the 354) have arrived on a connection: drop, stall, stop reading (the
- * TCP window fills) or reply mid-body; after a reply the rest of the input is recorded but not parsed.
+ * the n-th entry, the last one repeats) or a function of the line received. `BODY` acts once per connection
+ * when at least `afterBytes` body bytes (raw, as received after the 354) have arrived, instead of parsing
+ * that chunk: drop, stall, stop reading (the TCP window fills) or reply mid-body, after which the rest of the
+ * input is recorded but not parsed.
  */
 export type PeerScript = Partial<Record<PeerEvent, PeerAction | PeerAction[] | ((line: string, conn: PeerConnection) => PeerAction)>> & {
   BODY?: { afterBytes: number; action: 'drop' | 'stall' | 'stop-reading' | PeerAction };
@@ -93,11 +98,12 @@ const TERMINATOR = Buffer.from('\r\n.\r\n');
 class Conn implements PeerConnection {
   readonly commands: string[] = [];
   readonly messages: Buffer[] = [];
-  private inData = false;
-  private dataChunks: Buffer[] = [];
-  private tail = Buffer.alloc(0);
   isClosed = false;
   readonly closed: Promise<void>;
+  private inData = false;
+  private dataChunks: Buffer[] = [];
+  /** Last bytes seen in DATA, to find a terminator split across chunks. */
+  private tail = Buffer.alloc(0);
   private chunks: Buffer[] = [];
   private line = Buffer.alloc(0);
   private counts = new Map<PeerEvent, number>();

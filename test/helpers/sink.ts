@@ -31,7 +31,10 @@ export interface SinkMessage {
   user: string | null;
 }
 
-/** A reply the sink gives instead of accepting: `${code} ${message}` on the wire, verbatim. */
+/**
+ * A reply the sink gives instead of accepting: `${code} ${message}` on the wire, verbatim. (With
+ * `show: ['ENHANCEDSTATUSCODES']` smtp-server puts its own enhanced code in front of `message`.)
+ */
 export interface SinkRefusal {
   code: number;
   /** Words after the code, including any enhanced code: "5.1.1 <x@y.example>: no such user". */

@@ -3,6 +3,7 @@ import { PassThrough, Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import fc from 'fast-check';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { SmtpReply } from '../../src/reply.js';
 import {
   MAX_REPLY_LINES,
   NextHopError,
@@ -16,7 +17,6 @@ import {
 import { closedPort, startBlackhole, startFakePeer, type FakePeer } from '../helpers/fake-peer.js';
 import { startPostfixSink, type PostfixSink } from '../helpers/postfix-sink.js';
 import { selfSignedCert, startSink, type Sink } from '../helpers/sink.js';
-import { SmtpReply } from '../../src/reply.js';
 
 const b = (s: string): Buffer => Buffer.from(s, 'latin1');
 const s = (buf: Buffer): string => buf.toString('latin1');
@@ -98,6 +98,12 @@ describe('connectNextHop() against a scripted peer', () => {
     });
   });
 
+  it('refuses an EHLO name that could inject a command, before connecting', async () => {
+    await expect(connect(peer.port, { name: 'a.example\r\nRSET' })).rejects.toThrow(TypeError);
+    await sleep(20);
+    expect(peer.connections).toEqual([]);
+  });
+
   it('rejects a connection refused with 421 4.4.1 naming the hop', async () => {
     const port = await closedPort();
     expect(await failure(connect(port))).toEqual({
@@ -142,13 +148,23 @@ describe('connectNextHop() against a scripted peer', () => {
       stage: 'greeting', kind: 'timeout', code: null, line: `451 4.4.2 Next hop ${hop} timed out at greeting`,
     });
     expect(Date.now() - t0).toBeGreaterThanOrEqual(190);
-    expect(Date.now() - t0).toBeLessThan(1000);
+    expect(Date.now() - t0).toBeLessThan(3000);
   });
 
   it('times out at ehlo after commandTimeoutMs', async () => {
     peer.script = { EHLO: { then: 'stall' } };
     expect(await failure(connect(peer.port, { commandTimeoutMs: 200 }))).toEqual({
       stage: 'ehlo', kind: 'timeout', code: null, line: `451 4.4.2 Next hop ${hop} timed out at ehlo`,
+    });
+  });
+
+  it.each([
+    ['the TLS handshake after 220 to STARTTLS', { EHLO: '250-fake.peer\r\n250 STARTTLS', STARTTLS: { reply: '220 2.0.0 Ready', then: 'stall' } }, 'starttls'],
+    ['AUTH', { EHLO: '250-fake.peer\r\n250 AUTH PLAIN', AUTH: { then: 'stall' } }, 'auth'],
+  ] as const)('times out in %s after commandTimeoutMs', async (_name, script, stage) => {
+    peer.script = script;
+    expect(await failure(connect(peer.port, { commandTimeoutMs: 200, auth: { user: 'u', pass: 'p' } }))).toEqual({
+      stage, kind: 'timeout', code: null, line: `451 4.4.2 Next hop ${hop} timed out at ${stage}`,
     });
   });
 
@@ -297,10 +313,17 @@ describe('NextHopSession commands against a scripted peer', () => {
   });
 
   it('queues concurrent calls and sends each command only after the previous reply', async () => {
+    let mailAnswered = false;
     const seen: string[] = [];
     peer.script = {
-      MAIL: { reply: '250 2.1.0 Ok', delayMs: 100 },
-      RCPT: (line, conn) => { seen.push(`${line} after ${conn.commands.length - 1} commands`); return '250 2.1.5 Ok'; },
+      MAIL: () => {
+        setTimeout(() => { mailAnswered = true; }, 100); // fires just before the delayed reply is written
+        return { reply: '250 2.1.0 Ok', delayMs: 100 };
+      },
+      RCPT: (line) => {
+        seen.push(`${line} (MAIL answered: ${mailAnswered})`);
+        return '250 2.1.5 Ok';
+      },
     };
     const session = await connect(peer.port);
     const all = Promise.all([
@@ -309,10 +332,9 @@ describe('NextHopSession commands against a scripted peer', () => {
       session.data(body('x\r\n')),
       session.rset(),
     ]);
-    await sleep(50);
-    expect((await peer.connection(0)).commands).toEqual(['EHLO proxy.test', 'MAIL FROM:<a@b.example>']);
     expect((await all).map((r) => r.code)).toEqual([250, 250, 250, 250]);
-    expect(seen).toEqual(['RCPT TO:<c@d.example> after 2 commands']);
+    expect(seen).toEqual(['RCPT TO:<c@d.example> (MAIL answered: true)']);
+    expect((await peer.connection(0)).commands).toEqual(['EHLO proxy.test', 'MAIL FROM:<a@b.example>', 'RCPT TO:<c@d.example>', 'DATA', 'RSET']);
   });
 
   it('refuses command lines containing CR or LF, and DATA, before sending anything', async () => {
@@ -416,7 +438,7 @@ describe('NextHopSession commands against a scripted peer', () => {
     const t0 = Date.now();
     expect(await failure(session.data(body('x\r\n')))).toEqual({ stage: 'data-end', kind: 'timeout', code: null, line: `451 4.4.2 Next hop ${hop} timed out at data-end` });
     expect(Date.now() - t0).toBeGreaterThanOrEqual(190);
-    expect(Date.now() - t0).toBeLessThan(1500);
+    expect(Date.now() - t0).toBeLessThan(3000);
   });
 
   it('times out at body when the peer stops reading and writes stay blocked for dataTimeoutMs', async () => {
@@ -536,7 +558,7 @@ describe('NextHopSession commands against a scripted peer', () => {
     const session = await connect(peer.port, { commandTimeoutMs: 200 });
     const t0 = Date.now();
     expect(await session.quit()).toBe(null);
-    expect(Date.now() - t0).toBeLessThan(1000);
+    expect(Date.now() - t0).toBeLessThan(3000);
     expect(session.closed).toBe(true);
     expect(await session.quit()).toBe(null);
   });
@@ -579,6 +601,26 @@ describe('NextHopSession against smtp-server (sink)', () => {
     });
   });
 
+  it('passes smtp-server refusals through at MAIL and end of data, and sees only the extensions it advertises', async () => {
+    const strict = await startSink({
+      hide: ['8BITMIME', 'PIPELINING'], show: ['DSN'],
+      refuseSenders: { 'spam@b.example': { code: 553, message: '5.7.1 <spam@b.example>: Sender address rejected' } },
+      refuseData: (m) => (m.body.includes('virus') ? { code: 554, message: '5.6.0 Message content rejected' } : undefined),
+    });
+    try {
+      const session = await connect(strict.port);
+      expect([...session.extensions.keys()]).toEqual(['SMTPUTF8', 'DSN']);
+      expect(formatReply(await session.command('MAIL FROM:<spam@b.example>'))).toBe('553 5.7.1 <spam@b.example>: Sender address rejected');
+      await envelope(session);
+      expect(formatReply(await session.data(body('a virus\r\n')))).toBe('554 5.6.0 Message content rejected');
+      await envelope(session);
+      expect((await session.data(body('clean\r\n'))).code).toBe(250);
+      expect((await strict.waitForMessages(1)).map((m) => s(m.body))).toEqual(['clean\r\n']);
+    } finally {
+      await strict.close();
+    }
+  });
+
   it('round-trips a 20 MiB random body with dots at line starts byte-identically (sha256)', async () => {
     let seed = 0x2545f491;
     const rand = (n: number): number => {
@@ -591,7 +633,7 @@ describe('NextHopSession against smtp-server (sink)', () => {
     let total = 0;
     function* chunks(): Generator<Buffer> {
       while (total < 20 * 1024 * 1024) {
-        const parts: Buffer[] = [];
+        const parts: Buffer[] = total === 0 ? [b('Subject: random\r\n\r\n')] : [];
         for (let i = 0; i < 400; i++) {
           const bytes = Buffer.alloc(rand(160));
           for (let j = 0; j < bytes.length; j++) bytes[j] = rand(256);
@@ -727,6 +769,16 @@ describe('NextHopSession against Postfix smtp-sink', () => {
     expect(s(d?.body ?? Buffer.alloc(0))).toBe('Subject: dots\n\n.\n..\n.leading\n\xff\xfe 8-bit\n.\nlast\n');
   });
 
+  it('sets TCP_NODELAY: 30 small messages in one session take far less than 30 delayed ACKs (40 ms each)', async () => {
+    const session = await connect(discard.port);
+    const t0 = performance.now();
+    for (let i = 0; i < 30; i++) {
+      await envelope(session);
+      expect((await session.data(body('Subject: small\r\n\r\nhi\r\n'))).code).toBe(250);
+    }
+    expect(performance.now() - t0).toBeLessThan(900); // measured: ~150 ms with TCP_NODELAY, ~1500 ms without
+  });
+
   it('streams a 50 MiB body with flat memory', async () => {
     const session = await connect(discard.port, { dataTimeoutMs: 30_000 });
     await envelope(session);
@@ -752,10 +804,25 @@ describe('NextHopSession against Postfix smtp-sink', () => {
       clearInterval(sampler);
     }
     expect(sent).toBeGreaterThan(50 * 1024 * 1024);
-    console.log('rise MiB', (peakBuffers - before.arrayBuffers) / 2 ** 20, (peakRss - before.rss) / 2 ** 20);
-    expect((peakBuffers - before.arrayBuffers) / 2 ** 20).toBeLessThan(24);
-    expect((peakRss - before.rss) / 2 ** 20).toBeLessThan(48);
+    // measured: ~3 MiB of Buffers and ~8 MiB RSS; buffering the body would take over 50 MiB
+    expect((peakBuffers - before.arrayBuffers) / 2 ** 20).toBeLessThan(16);
+    expect((peakRss - before.rss) / 2 ** 20).toBeLessThan(32);
   }, 60_000);
+});
+
+describe('NextHopError.toSmtpReply()', () => {
+  it.each([
+    ['refused', 'connect', 'connection refused', '421 4.4.1 Next hop mx.example:25 unreachable: connection refused'],
+    ['timeout', 'rcpt', 'no reply in 200 ms', '451 4.4.2 Next hop mx.example:25 timed out at rcpt'],
+    ['closed', 'data-end', 'connection closed by the next hop', '451 4.4.2 Next hop mx.example:25 closed the connection at data-end'],
+    ['tls', 'starttls', 'certificate has expired', '421 4.7.0 Next hop mx.example:25 TLS failure at starttls: certificate has expired'],
+    ['protocol', 'mail', 'not a reply line: "x\r\ny"', '451 4.5.0 Next hop mx.example:25 protocol error at mail: not a reply line: "x y"'],
+    ['auth', 'auth', '535 5.7.8 Authentication failed', '451 4.7.0 Next hop mx.example:25 authentication failed at auth: 535 5.7.8 Authentication failed'],
+  ] as const)('maps kind %s to one 4xx line naming the hop and the stage', (kind, stage, detail, line) => {
+    const reply = new NextHopError('mx.example:25', stage, kind, detail).toSmtpReply();
+    expect(reply.line).toBe(line);
+    expect(reply.responseCode === 421 || reply.responseCode === 451).toBe(true);
+  });
 });
 
 describe('formatReply() and passThrough()', () => {
