@@ -1,13 +1,14 @@
 #!/bin/sh
 # One-shot demo: a message out through the outbound listener, then bounces into the inbound listener.
 # Runs in the compose file's "sender" service (PROXY_HOST=proxy, sharing the proxy's keys volume) and in
-# test/e2e/demo.test.ts (PROXY_HOST=127.0.0.1, OUT_PORT/IN_PORT and BATV_PROXY_KEYS__DIR set), so the
+# test/ops/demo.test.ts (PROXY_HOST=127.0.0.1, OUT_PORT/IN_PORT and BATV_PROXY_KEYS__DIR set), so the
 # scenario is tested without a container engine.
 set -eu
 HOST="${PROXY_HOST:-proxy}"
 OUT="${HOST}:${OUT_PORT:-2525}"
 IN="${HOST}:${IN_PORT:-2526}"
-CLI="${BATV_PROXY_CLI:-node /app/bin/batv-proxy.js}"
+# Not a BATV_PROXY_* name: the CLI reads those as settings.
+CLI="${DEMO_CLI:-node /app/bin/batv-proxy.js}"
 
 echo "1. alice@example.com sends a message out: the proxy signs the envelope sender"
 $CLI send-test --server "$OUT" --from alice@example.com --to bob@example.net --subject "Hello from the demo"

@@ -122,7 +122,7 @@ export const DEFAULTS = {
     proxyProtocolFrom: [], xclientFrom: [],
   },
   inbound: {
-    listen: '127.0.0.1:2526', mailbox: null, captureDir: 'mail/inbox', untaggedBounces: 'reject', graceUntil: null,
+    listen: '127.0.0.1:2526', mailbox: null, captureDir: 'mail/inbox', untaggedBounces: 'classify', graceUntil: null,
     verdictHeader: 'X-BATV-Proxy',
     proxyProtocolFrom: [], xclientFrom: [],
     dnsbl: { mode: 'off', zone: 'ips.backscatterer.org', servers: [], timeoutMs: 1500 },

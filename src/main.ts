@@ -2,8 +2,6 @@
  * Process entry: picks the verb, runs it, maps errors to exit codes. The only module that touches
  * process.* (argv, env, stdout); bin/batv-proxy.js calls main().
  */
-import { ConfigError } from './config.js';
-import { KeyringError } from './keys.js';
 import { EXIT_REFUSED, EXIT_USAGE, parseVerbArgs, UsageError, type Io, type Verb } from './cli/args.js';
 import { sign, srsForwardVerb, srsReverseVerb, verify } from './cli/tags.js';
 import { keysVerb } from './cli/keys.js';
@@ -51,10 +49,8 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
       io.err(`batv-proxy ${verb.name}: ${e.message}\nUsage: ${verb.synopsis}\n`);
       return EXIT_USAGE;
     }
-    if (e instanceof ConfigError || e instanceof KeyringError) {
-      io.err(`batv-proxy ${verb.name}: ${e.message}\n`);
-      return EXIT_REFUSED;
-    }
-    throw e;
+    // Config and keyring problems, a port in use, an unreadable file: say what failed, exit 1.
+    io.err(`batv-proxy ${verb.name}: ${e instanceof Error ? e.message : String(e)}\n`);
+    return EXIT_REFUSED;
   }
 }

@@ -22,8 +22,18 @@ import type { VerifyPolicy } from './policy/verify.js';
 import type { ProxyState, RoleContext, Transaction } from './role.js';
 import type { ListenerOptions } from './smtp/listener.js';
 import { NextHopPool, type HopAddress } from './smtp/relay.js';
+import { replies } from './policy/replies.js';
 import type { TagKeyring } from './tags/keyring.js';
 import { MS_PER_DAY } from './clock.js';
+
+/** What close() looks at in smtp-server's connection objects. */
+interface IdleProbe {
+  session?: { envelope?: { mailFrom?: unknown } };
+  _dataStream?: unknown;
+  _closing?: boolean;
+  send(code: number, text: string): void;
+  close(): void;
+}
 
 export interface ProxyOptions {
   readonly clock?: Clock;
@@ -46,6 +56,11 @@ export interface Proxy {
   reload(config?: Config): Promise<{ changed: string[] }>;
   /** Stops accepting, lets transactions finish within `graceMs`, then closes everything. */
   close(graceMs?: number): Promise<void>;
+}
+
+/** A comparable text of (part of) a config; network ranges hold BigInts, which JSON cannot write. */
+function configText(v: unknown): string {
+  return JSON.stringify(v, (_k, x: unknown) => (typeof x === 'bigint' ? x.toString() : x));
 }
 
 function srsOptions(c: Config) {
@@ -193,7 +208,11 @@ export async function startProxy(initial: Config, opts: ProxyOptions = {}): Prom
   servers = { outbound, inbound };
   for (const [role, s] of Object.entries(servers)) {
     s.on('error', (e: Error) => log.error({ role, err: e.message }, 'listener error'));
-    s.on('connect', () => undefined);
+    // Every socket smtp-server accepts, counted until it closes (also those refused at connect).
+    s.server.on('connection', (socket: import('node:net').Socket) => {
+      metrics.connections.inc({ role });
+      socket.once('close', () => metrics.connections.dec({ role }));
+    });
   }
   let outAddr: { host: string; port: number };
   let inAddr: { host: string; port: number };
@@ -248,12 +267,12 @@ export async function startProxy(initial: Config, opts: ProxyOptions = {}): Prom
       const after = new Set(await Promise.all(loaded.keys.map(async (k) => `${k.num}:${k.status}:${await thumbprint(k.secret)}`)));
       for (const k of after) if (!before.has(k)) changed.push(`key ${k} added`);
       for (const k of before) if (!after.has(k)) changed.push(`key ${k} removed`);
-      if (JSON.stringify(c) !== JSON.stringify(config)) changed.push('config');
+      if (configText(c) !== configText(config)) changed.push('config');
       ring = loaded.ring;
       keys = loaded.keys;
       if (c !== config) {
-        if (JSON.stringify(c.inbound.limits) !== JSON.stringify(config.inbound.limits)) limits = new AbuseLimits(c.inbound.limits, clock);
-        if (JSON.stringify(c.inbound.dnsbl) !== JSON.stringify(config.inbound.dnsbl)) { dnsbl?.close(); dnsbl = makeDnsbl(c); }
+        if (configText(c.inbound.limits) !== configText(config.inbound.limits)) limits = new AbuseLimits(c.inbound.limits, clock);
+        if (configText(c.inbound.dnsbl) !== configText(config.inbound.dnsbl)) { dnsbl?.close(); dnsbl = makeDnsbl(c); }
         config = c;
       }
       auth = newAuth;
@@ -263,11 +282,29 @@ export async function startProxy(initial: Config, opts: ProxyOptions = {}): Prom
       return { changed };
     },
     async close(graceMs = 10_000) {
+      // Stop listening; a connection between transactions is told 421 at once, one in the middle of a
+      // transaction may finish it (within graceMs) and is then told 421 too.
       const stop = (s: SMTPServer) => new Promise<void>((r) => {
         (s.options as unknown as Record<string, unknown>).closeTimeout = graceMs;
         s.close(() => r());
       });
-      await Promise.all([stop(outbound), stop(inbound)]);
+      const stopped = Promise.all([stop(outbound), stop(inbound)]);
+      const reply = replies.shuttingDown();
+      const sweep = () => {
+        for (const s of [outbound, inbound]) {
+          for (const c of (s as unknown as { connections: Set<IdleProbe> }).connections) {
+            if (!c.session?.envelope?.mailFrom && !c._dataStream && !c._closing) {
+              c._closing = true;
+              c.send(reply.responseCode, reply.message);
+              c.close();
+            }
+          }
+        }
+      };
+      sweep();
+      const timer = setInterval(sweep, 50);
+      await stopped;
+      clearInterval(timer);
       await pool.close();
       dnsbl?.close();
       await Promise.all([captures.outbox?.close(), captures.inbox?.close(), metricsServer?.close()]);

@@ -105,10 +105,10 @@ export async function relayMail(ctx: RoleContext, link: RelayLink, txn: Transact
   txn.hop = hop;
   txn.fields.nexthop = hop.url;
   const reply = await timed(ctx, txn, 'mail', () => link.begin(hop, `MAIL FROM:${formatPath(txn.rewritten)}${paramText(txn.params)}`));
-  txn.fields.mail_reply = reply.code;
+  const mr = passThrough(reply);
+  txn.fields.mail_reply = mr.line;
   if (reply.code >= 300) {
-    const r = passThrough(reply);
-    txn.fields.mail_reply = r.line;
+    const r = mr;
     ctx.finishTransaction(txn, 'mail-refused');
     throw r;
   }
@@ -119,12 +119,9 @@ export async function relayRcpt(ctx: RoleContext, link: RelayLink, txn: Transact
   const rec: RcptRecord = { rcpt, to, ...(verdict ? { verdict } : {}) };
   txn.rcpts.push(rec);
   const reply = await timed(ctx, txn, 'rcpt', () => link.rcpt(`RCPT TO:${formatPath(to)}${paramText(params)}`));
-  rec.reply = String(reply.code);
-  if (reply.code >= 300) {
-    const r = passThrough(reply);
-    rec.reply = r.line;
-    throw r;
-  }
+  const r = passThrough(reply);
+  rec.reply = r.line;
+  if (reply.code >= 300) throw r;
   txn.accepted++;
   return reply;
 }
@@ -149,11 +146,12 @@ export async function relayData(ctx: RoleContext, link: RelayLink, txn: Transact
   const received = receivedHeader({
     helo: session.hostNameAppearsAs || 'unknown',
     clientIp: session.remoteAddress,
-    ...(session.clientHostname && session.clientHostname !== `[${session.remoteAddress}]` ? { clientHostname: session.clientHostname } : {}),
+    // smtp-server gives "[ip]" when it knows no name (and keeps the front MTA's after XCLIENT ADDR=).
+    ...(session.clientHostname && !session.clientHostname.startsWith('[') ? { clientHostname: session.clientHostname } : {}),
     by: config.hostname,
     protocol: protocolName({ secure: session.secure, authenticated: typeof session.user === 'string', utf8: txn.utf8 }),
     id: txn.id,
-    ...(txn.accepted === 1 ? { recipient: txn.rcpts.find((r) => r.reply === '250' || r.reply?.startsWith('25'))?.to ?? txn.rcpts[0]!.to } : {}),
+    ...(txn.accepted === 1 ? { recipient: txn.rcpts.find((r) => r.reply?.startsWith('2'))?.to ?? txn.rcpts[0]!.to } : {}),
     nowMs: ctx.clock.now(),
   });
   const size = new SizeLimit(config.limits.maxMessageBytes);
@@ -169,11 +167,10 @@ export async function relayData(ctx: RoleContext, link: RelayLink, txn: Transact
     throw e;
   }
   txn.fields.size = size.bytes;
-  txn.fields.data_reply = reply.code;
   const r = passThrough(reply);
+  txn.fields.data_reply = r.line;
   if (reply.code >= 300) {
     drain();
-    txn.fields.data_reply = r.line;
     ctx.finishTransaction(txn, 'data-refused');
     throw r;
   }

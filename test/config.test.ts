@@ -70,7 +70,7 @@ describe('parseConfig() defaults', () => {
     expect({ listen: c.outbound.listen, relay: c.outbound.relay, captureDir: c.outbound.captureDir, allowNetworks: c.outbound.allowNetworks, usersFile: c.outbound.usersFile })
       .toEqual({ listen: '127.0.0.1:2525', relay: null, captureDir: 'mail/outbox', allowNetworks: LOOPBACK_NETS, usersFile: null });
     expect({ listen: c.inbound.listen, mailbox: c.inbound.mailbox, captureDir: c.inbound.captureDir, untaggedBounces: c.inbound.untaggedBounces, graceUntil: c.inbound.graceUntil })
-      .toEqual({ listen: '127.0.0.1:2526', mailbox: null, captureDir: 'mail/inbox', untaggedBounces: 'reject', graceUntil: null });
+      .toEqual({ listen: '127.0.0.1:2526', mailbox: null, captureDir: 'mail/inbox', untaggedBounces: 'classify', graceUntil: null });
     expect(c.tls).toEqual({ key: null, cert: null });
     expect(c.relayAuth).toBe(null);
     expect(c.timeouts).toEqual({ connectMs: 10_000, greetingMs: 30_000, commandMs: 60_000, dataMs: 600_000, clientIdleMs: 660_000 });

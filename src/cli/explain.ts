@@ -118,6 +118,7 @@ export const explainVerb: Verb = {
       ok = false;
     }
     io.out(`${out.join('\n')}\n`);
+    if (!ok) io.err(`${out[out.length - 1]!.replace(/^verdict: /, '')}\n`);
     return ok ? EXIT_OK : EXIT_REFUSED;
   },
 };

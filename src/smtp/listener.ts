@@ -29,7 +29,7 @@ export function createListener(opts: ListenerOptions, hooks: Partial<SMTPServerO
   installRawCommandCapture();
   return new SMTPServer({
     name: opts.name,
-    banner: 'batv-proxy ESMTP',
+    banner: 'batv-proxy',
     logger: false,
     disableReverseLookup: true,
     secure: false,

@@ -21,13 +21,21 @@ export function testKeyring(...secrets: string[]): TagKeyring {
   return makeKeyring(list.map((s, i) => tagKey(i, utf8(s))));
 }
 
+/** One capture directory per test process (used only when a test leaves a next hop unset). */
+let captureRoot: string | undefined;
+function captureDir(kind: string): string {
+  captureRoot ??= mkdtempSync(path.join(os.tmpdir(), 'batv-capture-'));
+  return path.join(captureRoot, kind);
+}
+
 export function testConfig(over: Record<string, unknown> = {}): Config {
   return parseConfig(merge({
     domains: ['example.com', 'example.org'],
     hostname: 'proxy.test',
     srs: { domain: 'srs.example.net' },
-    outbound: { listen: '127.0.0.1:0', relay: null, allowNetworks: ['127.0.0.0/8', '::1/128'], captureDir: mkdtempSync(path.join(os.tmpdir(), 'batv-out-')) },
-    inbound: { listen: '127.0.0.1:0', mailbox: null, captureDir: mkdtempSync(path.join(os.tmpdir(), 'batv-in-')) },
+    outbound: { listen: '127.0.0.1:0', relay: null, allowNetworks: ['127.0.0.0/8', '::1/128'], captureDir: captureDir('outbox') },
+    // Tests refuse untagged bounces at RCPT unless they say otherwise (the shipped default is classify).
+    inbound: { listen: '127.0.0.1:0', mailbox: null, captureDir: captureDir('inbox'), untaggedBounces: 'reject' },
     timeouts: { connectMs: 1000, greetingMs: 1000, commandMs: 1000, dataMs: 2000, clientIdleMs: 5000 },
     log: { level: 'silent' },
   }, over));
