@@ -8,14 +8,13 @@
  * a recipient that would need another gets 452 4.5.3 and comes in a later transaction.
  */
 import { Transform, type TransformCallback } from 'node:stream';
-import type { SMTPServer, SMTPServerAddress, SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
+import type { SMTPServer, SMTPServerAddress, SMTPServerDataStream } from 'smtp-server';
 import type { RoleContext, Transaction } from './role.js';
-import { newTransaction, relayData, relayMail, relayRcpt } from './role.js';
+import { connections, newTransaction, relayData, relayMail, relayRcpt } from './role.js';
 import { decideRecipient, isNullSender, type RcptDecision } from './policy/verify.js';
 import { replies } from './policy/replies.js';
 import { createListener, hook } from './smtp/listener.js';
 import { rawOf } from './smtp/raw-command.js';
-import { RelayLink } from './smtp/relay.js';
 import { SmtpReply } from './reply.js';
 import { createBounceClassifier, type BounceClassifier } from './inbound/classify.js';
 import type { Dnsbl } from './inbound/dnsbl.js';
@@ -31,11 +30,6 @@ interface InboundTxn extends Transaction {
   cls: string | null;
   verdict: Extract<RcptDecision, { kind: 'deliver' }> | null;
   mailFailure: SmtpReply | null;
-}
-
-interface Conn {
-  readonly link: RelayLink;
-  txn: InboundTxn | null;
 }
 
 /** A pass-through tap that feeds the classifier. */
@@ -58,16 +52,9 @@ function verdictHeaderValue(d: Extract<RcptDecision, { kind: 'deliver' }>, host:
 }
 
 export function createInbound(ctx: RoleContext, deps: InboundDeps): SMTPServer {
-  const conns = new WeakMap<SMTPServerSession, Conn>();
-  const conn = (s: SMTPServerSession): Conn => {
-    let c = conns.get(s);
-    if (!c) {
-      c = { link: new RelayLink(ctx.pool), txn: null };
-      conns.set(s, c);
-    }
-    return c;
-  };
-  const unexpected = (e: unknown) => ctx.log.error({ err: e, role: 'inbound' }, 'unexpected error in a hook');
+  const conns = connections<InboundTxn>(ctx, 'inbound');
+  const conn = conns.get;
+  const unexpected = conns.unexpected;
 
   function refuse(txn: InboundTxn, ip: string, rcpt: string, reply: SmtpReply, reason: string): never {
     ctx.metrics.verdicts.inc({ result: 'refused', reason });
@@ -91,8 +78,7 @@ export function createInbound(ctx: RoleContext, deps: InboundDeps): SMTPServer {
     onMailFrom(address: SMTPServerAddress, session, cb) {
       hook(async () => {
         const c = conn(session);
-        ctx.finishTransaction(c.txn, 'abandoned');
-        c.txn = null;
+        conns.reset(c);
         const ip = session.remoteAddress;
         if (deps.limits().isCoolingOff(ip)) throw replies.coolingOff(ip);
         const { raw, rawParams } = rawOf(address);
@@ -191,11 +177,7 @@ export function createInbound(ctx: RoleContext, deps: InboundDeps): SMTPServer {
     },
 
     onClose(session) {
-      const c = conns.get(session);
-      if (!c) return;
-      ctx.finishTransaction(c.txn, 'client-left');
-      c.txn = null;
-      c.link.close();
+      conns.close(session);
     },
   });
 }

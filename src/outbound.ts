@@ -6,16 +6,15 @@
  *                      ─RCPT─────────────────▶ relay RCPT (its reply, per recipient, at RCPT time)
  *                      ─DATA─▶ Received: + body ─▶ relay DATA (250 only after the next hop's 250)
  */
-import type { SMTPServer, SMTPServerAddress, SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
-import type { RoleContext } from './role.js';
-import { newTransaction, relayData, relayMail, relayRcpt, type Transaction } from './role.js';
+import type { SMTPServer, SMTPServerAddress, SMTPServerDataStream } from 'smtp-server';
+import type { Conn, RoleContext } from './role.js';
+import { connections, newTransaction, relayData, relayMail, relayRcpt, type Transaction } from './role.js';
 import { matchesEntry, signSender, type SignDecision } from './policy/sign.js';
 import { replies } from './policy/replies.js';
 import { parseMailbox } from './tags/address.js';
 import { inNetworks } from './net/cidr.js';
 import { createListener, hook } from './smtp/listener.js';
 import { rawOf } from './smtp/raw-command.js';
-import { RelayLink } from './smtp/relay.js';
 import { SmtpReply } from './reply.js';
 
 interface OutboundTxn extends Transaction {
@@ -26,24 +25,12 @@ interface OutboundTxn extends Transaction {
   exemptClass: boolean | null;
 }
 
-interface Conn {
-  readonly link: RelayLink;
-  txn: OutboundTxn | null;
-}
-
 export function createOutbound(ctx: RoleContext): SMTPServer {
-  const conns = new WeakMap<SMTPServerSession, Conn>();
-  const conn = (s: SMTPServerSession): Conn => {
-    let c = conns.get(s);
-    if (!c) {
-      c = { link: new RelayLink(ctx.pool), txn: null };
-      conns.set(s, c);
-    }
-    return c;
-  };
-  const unexpected = (e: unknown) => ctx.log.error({ err: e, role: 'outbound' }, 'unexpected error in a hook');
+  const conns = connections<OutboundTxn>(ctx, 'outbound');
+  const conn = conns.get;
+  const unexpected = conns.unexpected;
 
-  async function mailCommand(c: Conn, txn: OutboundTxn, firstRecipient: string | undefined): Promise<void> {
+  async function mailCommand(c: Conn<OutboundTxn>, txn: OutboundTxn, firstRecipient: string | undefined): Promise<void> {
     const { config, keyring } = ctx.state();
     const d = signSender(txn.sender, firstRecipient, ctx.signPolicy(), keyring, ctx.clock.now());
     txn.decision = d;
@@ -73,8 +60,7 @@ export function createOutbound(ctx: RoleContext): SMTPServer {
     onMailFrom(address: SMTPServerAddress, session, cb) {
       hook(async () => {
         const c = conn(session);
-        ctx.finishTransaction(c.txn, 'abandoned');
-        c.txn = null;
+        conns.reset(c);
         const { config } = ctx.state();
         const ip = session.remoteAddress;
         const user = typeof session.user === 'string' ? session.user : undefined;
@@ -142,11 +128,7 @@ export function createOutbound(ctx: RoleContext): SMTPServer {
     },
 
     onClose(session) {
-      const c = conns.get(session);
-      if (!c) return;
-      ctx.finishTransaction(c.txn, 'client-left');
-      c.txn = null;
-      c.link.close();
+      conns.close(session);
     },
   });
 }

@@ -16,7 +16,7 @@ import type { Auth } from './auth.js';
 import { passThrough, NextHopError, type Reply } from './smtp/client.js';
 import { HeaderRewriter, protocolName, receivedHeader } from './smtp/headers.js';
 import { bodyFrom, SizeLimit, type ListenerOptions } from './smtp/listener.js';
-import type { HopAddress, NextHopPool, RelayLink } from './smtp/relay.js';
+import { RelayLink, type HopAddress, type NextHopPool } from './smtp/relay.js';
 import { formatPath } from './tags/address.js';
 
 export interface ProxyState {
@@ -76,6 +76,44 @@ export function newTransaction(ctx: RoleContext, session: SMTPServerSession, rol
     fields: { client: session.remoteAddress, helo: session.hostNameAppearsAs, user: typeof session.user === 'string' ? session.user : undefined, conn: session.id },
     done: false,
     utf8: params.some((p) => p.toUpperCase() === 'SMTPUTF8'),
+  };
+}
+
+/** One client connection's relay link and current transaction. */
+export interface Conn<T extends Transaction> {
+  readonly link: RelayLink;
+  txn: T | null;
+}
+
+/**
+ * Per-connection state for a role, kept beside smtp-server's session (never on it), plus the two things
+ * every role does with it: start over at MAIL, and clean up when the client leaves.
+ */
+export function connections<T extends Transaction>(ctx: RoleContext, role: 'outbound' | 'inbound') {
+  const table = new WeakMap<SMTPServerSession, Conn<T>>();
+  return {
+    get(session: SMTPServerSession): Conn<T> {
+      let c = table.get(session);
+      if (!c) {
+        c = { link: new RelayLink(ctx.pool), txn: null };
+        table.set(session, c);
+      }
+      return c;
+    },
+    /** A new MAIL: whatever transaction was open is over (logged as abandoned). */
+    reset(c: Conn<T>): void {
+      ctx.finishTransaction(c.txn, 'abandoned');
+      c.txn = null;
+    },
+    /** The client left: log an open transaction and release (or abort) the next-hop session. */
+    close(session: SMTPServerSession): void {
+      const c = table.get(session);
+      if (!c) return;
+      ctx.finishTransaction(c.txn, 'client-left');
+      c.txn = null;
+      c.link.close();
+    },
+    unexpected: (e: unknown) => ctx.log.error({ err: e, role }, 'unexpected error in a hook'),
   };
 }
 

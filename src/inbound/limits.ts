@@ -7,15 +7,10 @@
  */
 import { LRUCache } from 'lru-cache';
 import type { Clock } from '../clock.js';
+import type { Config } from '../config.js';
 
-export interface LimitSettings {
-  readonly refusedPerClient: number;
-  readonly refusedWindowSec: number;
-  readonly coolingOffSec: number;
-  readonly bouncesPerTag: number;
-  readonly tagWindowSec: number;
-  readonly maxTracked: number;
-}
+/** inbound.limits of the config (documented there). */
+export type LimitSettings = Config['inbound']['limits'];
 
 interface Window {
   count: number;
