@@ -81,9 +81,10 @@ const MAX_DELAY_MS = 10_000;
 
 export function createAuth(users: Map<string, UserEntry> | null, clock: Clock, sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))): Auth {
   const failures = new LRUCache<string, number>({ max: 10_000, ttl: 15 * 60_000, perf: clock });
-  return {
-    enabled: users !== null,
-    async check(auth, ip) {
+  // Attempts from one address are checked one after another, so opening more connections does not
+  // multiply the guessing rate: each waits for the one before it, and then for its own delay.
+  const queues = new LRUCache<string, Promise<unknown>>({ max: 10_000 });
+  const attempt = async (auth: { username?: string | undefined; password?: string | null | undefined }, ip: string): Promise<string | null> => {
       if (!users) return null;
       const n = failures.get(ip) ?? 0;
       if (n >= FREE_FAILURES) await sleep(Math.min(MAX_DELAY_MS, (n - FREE_FAILURES + 1) * DELAY_STEP_MS));
@@ -96,6 +97,14 @@ export function createAuth(users: Map<string, UserEntry> | null, clock: Clock, s
       }
       failures.set(ip, n + 1);
       return null;
+  };
+  return {
+    enabled: users !== null,
+    check(auth, ip) {
+      const before = queues.get(ip) ?? Promise.resolve();
+      const mine = before.then(() => attempt(auth, ip), () => attempt(auth, ip));
+      queues.set(ip, mine.catch(() => undefined));
+      return mine;
     },
     maySend(user, sender) {
       const e = users?.get(user);

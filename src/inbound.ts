@@ -10,7 +10,7 @@
 import { Transform, type TransformCallback } from 'node:stream';
 import type { SMTPServer, SMTPServerAddress, SMTPServerDataStream } from 'smtp-server';
 import type { RoleContext, Transaction } from './role.js';
-import { connections, newTransaction, relayData, relayMail, relayRcpt } from './role.js';
+import { checkRecipientLimit, connections, newTransaction, relayData, relayMail, relayRcpt } from './role.js';
 import { decideRecipient, isNullSender, type RcptDecision } from './policy/verify.js';
 import { replies } from './policy/replies.js';
 import { createListener, hook } from './smtp/listener.js';
@@ -108,6 +108,7 @@ export function createInbound(ctx: RoleContext, deps: InboundDeps): SMTPServer {
         if (!txn) throw new SmtpReply(503, '5.5.1', 'Need MAIL command first');
         const ip = session.remoteAddress;
         if (deps.limits().isCoolingOff(ip)) throw replies.coolingOff(ip);
+        checkRecipientLimit(ctx, txn);
         const { raw, rawParams } = rawOf(address);
         const { keyring } = ctx.state();
         const d = decideRecipient(raw, txn.sender, ctx.verifyPolicy(), keyring, ctx.clock.now());

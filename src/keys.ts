@@ -85,7 +85,9 @@ export async function readKeys(dir: string): Promise<StoredKey[]> {
   try {
     doc = JSON.parse(await fs.readFile(file, 'utf8'));
   } catch (e) {
-    throw new KeyringError(`Cannot parse ${file}: ${(e as Error).message}`);
+    // V8's message quotes the text around the error, which may be part of a secret: keep only where.
+    const at = /position (\d+)/.exec((e as Error).message)?.[1];
+    throw new KeyringError(`Cannot parse ${file}: not valid JSON${at ? ` (at byte ${at})` : ''}`);
   }
   const list = (doc as { keys?: unknown })?.keys;
   if (!Array.isArray(list)) throw new KeyringError(`Cannot use ${file}: not a JWK Set (no "keys" array)`);

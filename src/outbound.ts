@@ -8,7 +8,7 @@
  */
 import type { SMTPServer, SMTPServerAddress, SMTPServerDataStream } from 'smtp-server';
 import type { Conn, RoleContext } from './role.js';
-import { connections, newTransaction, relayData, relayMail, relayRcpt, type Transaction } from './role.js';
+import { checkRecipientLimit, connections, newTransaction, relayData, relayMail, relayRcpt, type Transaction } from './role.js';
 import { matchesEntry, signSender, type SignDecision } from './policy/sign.js';
 import { replies } from './policy/replies.js';
 import { parseMailbox } from './tags/address.js';
@@ -95,6 +95,7 @@ export function createOutbound(ctx: RoleContext): SMTPServer {
         const c = conn(session);
         const txn = c.txn;
         if (!txn) throw new SmtpReply(503, '5.5.1', 'Need MAIL command first');
+        checkRecipientLimit(ctx, txn);
         const { raw, rawParams } = rawOf(address);
         const { config } = ctx.state();
         if (txn.deferredMail) {

@@ -18,6 +18,7 @@ import { HeaderRewriter, protocolName, receivedHeader } from './smtp/headers.js'
 import { bodyFrom, SizeLimit, type ListenerOptions } from './smtp/listener.js';
 import { RelayLink, type HopAddress, type NextHopPool } from './smtp/relay.js';
 import { formatPath } from './tags/address.js';
+import { replies } from './policy/replies.js';
 
 export interface ProxyState {
   readonly config: Config;
@@ -152,6 +153,11 @@ export async function relayMail(ctx: RoleContext, link: RelayLink, txn: Transact
   }
 }
 
+/** Refuses a recipient past limits.maxRecipients (counting those the transaction already accepted). */
+export function checkRecipientLimit(ctx: RoleContext, txn: Transaction): void {
+  if (txn.accepted >= ctx.state().config.limits.maxRecipients) throw replies.tooManyRecipients();
+}
+
 /** RCPT TO:<to> with the client's parameters; the record keeps both the address asked for and the one sent. */
 export async function relayRcpt(ctx: RoleContext, link: RelayLink, txn: Transaction, rcpt: string, to: string, params: readonly string[], verdict?: string): Promise<Reply> {
   const rec: RcptRecord = { rcpt, to, ...(verdict ? { verdict } : {}) };
@@ -194,15 +200,18 @@ export async function relayData(ctx: RoleContext, link: RelayLink, txn: Transact
   });
   const size = new SizeLimit(config.limits.maxMessageBytes);
   const stages = [size, ...(opts.taps ?? []), new HeaderRewriter(Buffer.from(received + opts.extraHeaders, 'utf8'), opts.strip)];
-  const { body, drain } = bodyFrom(stream, stages);
+  // A stage failing (size, header limit, client gone) aborts the next-hop session at once, whatever the
+  // relay is waiting for, so a message cut short is never terminated; the client gets the stage's reply.
+  const { body, drain, failure } = bodyFrom(stream, stages, () => link.abort());
   let reply: Reply;
   try {
     reply = await timed(ctx, txn, 'data', () => link.data(body, opts.beforeEnd));
   } catch (e) {
     drain();
     txn.fields.size = size.bytes;
-    ctx.finishTransaction(txn, e instanceof NextHopError ? 'nexthop-failed' : 'aborted');
-    throw e;
+    const cause = failure() ?? e;
+    ctx.finishTransaction(txn, cause instanceof NextHopError ? 'nexthop-failed' : 'aborted');
+    throw cause;
   }
   txn.fields.size = size.bytes;
   const r = passThrough(reply);

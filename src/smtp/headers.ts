@@ -72,24 +72,29 @@ export function stripFields(block: Buffer, strip: ReadonlySet<string>): Buffer {
   return changed ? Buffer.from(out.join(''), 'latin1') : block;
 }
 
-/** Where the header block ends (index just past the empty line), or -1 when not yet seen. */
-function headerEnd(buf: Buffer): number {
-  if (buf.length >= 2 && buf[0] === 0x0d && buf[1] === 0x0a) return 0; // no header at all
-  if (buf.length >= 1 && buf[0] === 0x0a) return 0;
+/**
+ * Where the header block ends in `buf` (index just past the empty line), or -1. `atStart` says `buf`
+ * begins the message (where a first empty line means there is no header at all).
+ */
+function headerEnd(buf: Buffer, atStart: boolean): number {
+  if (atStart && buf.length >= 2 && buf[0] === 0x0d && buf[1] === 0x0a) return 0;
+  if (atStart && buf.length >= 1 && buf[0] === 0x0a) return 0;
   const crlf = buf.indexOf('\r\n\r\n');
   const lf = buf.indexOf('\n\n');
   if (crlf < 0 && lf < 0) return -1;
-  if (crlf >= 0 && (lf < 0 || crlf + 2 <= lf)) return crlf + 2;
-  return lf + 1;
+  if (crlf >= 0 && (lf < 0 || crlf + 2 <= lf)) return crlf + 4;
+  return lf + 2;
 }
 
 /**
  * A Transform that writes `prepend` first, then the message with the `strip` fields removed from its
- * header block. Fails with a 552 SmtpReply when the header block exceeds `maxHeaderBytes`.
+ * header block. Fails with a 552 SmtpReply when the header block exceeds `maxHeaderBytes`. Each chunk
+ * is searched once (with the last 3 bytes before it), and the block is joined once: linear work.
  */
 export class HeaderRewriter extends Transform {
   private pending: Buffer[] = [];
   private pendingBytes = 0;
+  private tail = Buffer.alloc(0);
   private inHeader: boolean;
 
   constructor(
@@ -104,21 +109,27 @@ export class HeaderRewriter extends Transform {
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
     if (!this.inHeader) return cb(null, chunk);
+    const atStart = this.pendingBytes === 0;
+    const probe = this.tail.length ? Buffer.concat([this.tail, chunk]) : chunk;
+    const found = headerEnd(probe, atStart);
+    const before = this.pendingBytes;
     this.pending.push(chunk);
     this.pendingBytes += chunk.length;
-    // Look only at the tail that could complete the terminator, plus the new chunk.
-    const buf = this.pending.length === 1 ? chunk : Buffer.concat(this.pending, this.pendingBytes);
-    if (this.pending.length > 1) this.pending = [buf];
-    const end = headerEnd(buf);
-    if (end < 0) {
+    if (found < 0) {
       if (this.pendingBytes > this.maxHeaderBytes) return cb(new SmtpReply(552, '5.3.4', 'Message header too large'));
+      const keep = Math.min(3, this.pendingBytes);
+      this.tail = Buffer.from(probe.subarray(probe.length - keep));
       return cb();
     }
-    this.emitHeader(buf.subarray(0, end));
+    // `found` is counted from the start of probe, which begins tail.length bytes before this chunk.
+    const end = before - this.tail.length + found;
+    const all = Buffer.concat(this.pending, this.pendingBytes);
+    this.emitHeader(all.subarray(0, end));
     this.inHeader = false;
     this.pending = [];
     this.pendingBytes = 0;
-    cb(null, buf.length > end ? buf.subarray(end) : undefined);
+    this.tail = Buffer.alloc(0);
+    cb(null, all.length > end ? all.subarray(end) : undefined);
   }
 
   override _flush(cb: TransformCallback): void {

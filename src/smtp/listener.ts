@@ -42,7 +42,8 @@ export function createListener(opts: ListenerOptions, hooks: Partial<SMTPServerO
     allowInsecureAuth: opts.allowInsecureAuth,
     size: opts.maxMessageBytes,
     maxClients: opts.maxClients,
-    maxRecipients: opts.maxRecipients,
+    // The recipient limit is enforced by the roles, with the proxy's own reply line (452 4.5.3).
+    maxRecipients: 0,
     socketTimeout: opts.clientIdleMs,
     closeTimeout: 30_000,
     // An empty list trusts nobody (smtp-server treats a non-empty list as an allowlist).
@@ -103,15 +104,30 @@ export class SizeLimit extends Transform {
 
 /**
  * Pipes smtp-server's DATA stream through `stages` and returns the last stage as the body to relay.
- * When the client vanishes (the source is destroyed before its end) the body is destroyed with an
- * error, so the relay aborts instead of terminating a partial message. `drain()` detaches our stages
- * and lets smtp-server read the rest of the message itself (after a relay failure).
+ *
+ * Every stage has an 'error' listener from the start: a stage can fail (size limit, header limit, the
+ * client vanishing) before the relay has started reading, and an unheard 'error' would be an uncaught
+ * exception that ends the process. The first failure is kept (`failure()`) and reported once through
+ * `onFailure`, so the caller can abort the next-hop session at once: a message cut short is never
+ * terminated. When the client vanishes (the source is destroyed before its end) the stages are destroyed
+ * with a 451. `drain()` detaches our stages and lets smtp-server read the rest of the message itself.
  */
-export function bodyFrom(source: Readable, stages: readonly Transform[]): { body: Readable; drain(): void } {
+export function bodyFrom(
+  source: Readable,
+  stages: readonly Transform[],
+  onFailure: (e: Error) => void = () => undefined,
+): { body: Readable; drain(): void; failure(): Error | null } {
+  let failed: Error | null = null;
+  const fail = (e: Error) => {
+    if (failed) return;
+    failed = e;
+    onFailure(e);
+  };
   let last: Readable = source;
   for (const s of stages) {
+    s.on('error', fail);
     last.pipe(s);
-    last.on('error', (e: Error) => s.destroy(e));
+    if (last !== source) last.on('error', (e: Error) => s.destroy(e));
     last = s;
   }
   const first = stages[0];
@@ -120,10 +136,11 @@ export function bodyFrom(source: Readable, stages: readonly Transform[]): { body
   source.once('close', () => {
     if (!ended && first && !first.destroyed) first.destroy(new SmtpReply(451, '4.4.2', 'Client connection closed before the end of the message'));
   });
-  // An 'error' listener keeps smtp-server from treating our presence as unhandled.
+  // Our listener keeps smtp-server from destroying the stream silently; the 'close' above handles it.
   source.on('error', () => undefined);
   return {
     body: last,
+    failure: () => failed,
     drain() {
       if (first) source.unpipe(first);
       for (const s of stages) if (!s.destroyed) s.destroy();
