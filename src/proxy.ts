@@ -196,6 +196,7 @@ export async function startProxy(initial: Config, opts: ProxyOptions = {}): Prom
       if (!txn || txn.done) return;
       txn.done = true;
       metrics.transactions.inc({ role: txn.role, outcome });
+      if (!log.isLevelEnabled('info')) return;
       log.info({
         id: txn.id, role: txn.role, ...txn.fields, sender: txn.sender, ...(txn.rewritten !== txn.sender ? { sender_rewritten: txn.rewritten } : {}),
         rcpts: txn.rcpts, outcome, ms: clock.now() - txn.startedMs,

@@ -14,7 +14,11 @@ export class SmtpReply extends Error {
   readonly text: string;
 
   constructor(code: number, enhanced: string, text: string) {
+    // A reply is an answer, not a fault: no stack is captured (it costs more than the rest of a refusal).
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
     super(enhanced ? `${enhanced} ${text}` : text);
+    Error.stackTraceLimit = limit;
     this.name = 'SmtpReply';
     this.responseCode = code;
     this.enhanced = enhanced;

@@ -13,7 +13,7 @@ import type { SignPolicy } from './policy/sign.js';
 import type { VerifyPolicy } from './policy/verify.js';
 import type { TagKeyring } from './tags/keyring.js';
 import type { Auth } from './auth.js';
-import { passThrough, NextHopError, type Reply } from './smtp/client.js';
+import { passThrough, passThroughText, replyLine, NextHopError, type Reply } from './smtp/client.js';
 import { HeaderRewriter, protocolName, receivedHeader } from './smtp/headers.js';
 import { bodyFrom, SizeLimit, type ListenerOptions } from './smtp/listener.js';
 import { RelayLink, type HopAddress, type NextHopPool } from './smtp/relay.js';
@@ -63,9 +63,13 @@ export interface Transaction {
   readonly utf8: boolean;
 }
 
+/** Transaction ids: a per-process random prefix and a counter (no random bytes per transaction). */
+const ID_PREFIX = randomBytes(3).toString('hex').toUpperCase();
+let idSeq = 0;
+
 export function newTransaction(ctx: RoleContext, session: SMTPServerSession, role: 'outbound' | 'inbound', sender: string, params: readonly string[]): Transaction {
   return {
-    id: randomBytes(6).toString('hex').toUpperCase(),
+    id: `${ID_PREFIX}${(idSeq = (idSeq + 1) % 0x1000000).toString(16).toUpperCase().padStart(6, '0')}`,
     role,
     sender,
     params,
@@ -127,8 +131,21 @@ function noteFailure(ctx: RoleContext, txn: Transaction, e: unknown): void {
   }
 }
 
+/** Histogram children per role and stage, looked up once (labels() per observation is costly). */
+const stageChildren = new WeakMap<object, Map<string, { observe(v: number): void }>>();
+function stageChild(ctx: RoleContext, role: string, stage: string): { observe(v: number): void } {
+  let m = stageChildren.get(ctx.metrics.stageSeconds);
+  if (!m) stageChildren.set(ctx.metrics.stageSeconds, (m = new Map()));
+  const k = `${role}/${stage}`;
+  let c = m.get(k);
+  if (!c) m.set(k, (c = ctx.metrics.stageSeconds.labels(role, stage)));
+  return c;
+}
+
 async function timed<T>(ctx: RoleContext, txn: Transaction, stage: string, fn: () => Promise<T>): Promise<T> {
-  const end = ctx.metrics.stageSeconds.startTimer({ role: txn.role, stage });
+  const t0 = performance.now();
+  const child = stageChild(ctx, txn.role, stage);
+  const end = () => child.observe((performance.now() - t0) / 1000);
   try {
     return await fn();
   } catch (e) {
@@ -144,10 +161,9 @@ export async function relayMail(ctx: RoleContext, link: RelayLink, txn: Transact
   txn.hop = hop;
   txn.fields.nexthop = hop.url;
   const reply = await timed(ctx, txn, 'mail', () => link.begin(hop, `MAIL FROM:${formatPath(txn.rewritten)}${paramText(txn.params)}`));
-  const mr = passThrough(reply);
-  txn.fields.mail_reply = mr.line;
+  txn.fields.mail_reply = replyLine(reply);
   if (reply.code >= 300) {
-    const r = mr;
+    const r = passThrough(reply);
     ctx.finishTransaction(txn, 'mail-refused');
     throw r;
   }
@@ -163,9 +179,8 @@ export async function relayRcpt(ctx: RoleContext, link: RelayLink, txn: Transact
   const rec: RcptRecord = { rcpt, to, ...(verdict ? { verdict } : {}) };
   txn.rcpts.push(rec);
   const reply = await timed(ctx, txn, 'rcpt', () => link.rcpt(`RCPT TO:${formatPath(to)}${paramText(params)}`));
-  const r = passThrough(reply);
-  rec.reply = r.line;
-  if (reply.code >= 300) throw r;
+  rec.reply = replyLine(reply);
+  if (reply.code >= 300) throw passThrough(reply);
   txn.accepted++;
   return reply;
 }
@@ -214,13 +229,12 @@ export async function relayData(ctx: RoleContext, link: RelayLink, txn: Transact
     throw cause;
   }
   txn.fields.size = size.bytes;
-  const r = passThrough(reply);
-  txn.fields.data_reply = r.line;
+  txn.fields.data_reply = replyLine(reply);
   if (reply.code >= 300) {
     drain();
     ctx.finishTransaction(txn, 'data-refused');
-    throw r;
+    throw passThrough(reply);
   }
   ctx.finishTransaction(txn, 'delivered');
-  return r.message;
+  return passThroughText(reply);
 }

@@ -143,9 +143,30 @@ export function formatReply(reply: Reply): string {
  *   // "550 5.1.1 <x@y>: no such user"
  */
 export function passThrough(reply: Reply): SmtpReply {
+  return new SmtpReply(reply.code, reply.enhanced ?? '', bareText(reply));
+}
+
+/** The reply's words without its enhanced code, lines joined with spaces. */
+function bareText(reply: Reply): string {
   const e = reply.enhanced;
-  const text = reply.lines.map((l) => (e !== null && (l === e || l.startsWith(`${e} `)) ? l.slice(e.length + 1) : l));
-  return new SmtpReply(reply.code, e ?? '', text.join(' ').trim());
+  return reply.lines.map((l) => (e !== null && (l === e || l.startsWith(`${e} `)) ? l.slice(e.length + 1) : l)).join(' ').trim();
+}
+
+/** `passThrough(reply).message` without building an Error (the success path). */
+function replyText(reply: Reply): string {
+  const t = bareText(reply);
+  return reply.enhanced ? `${reply.enhanced} ${t}` : t;
+}
+
+/** passThrough(reply).message without building an Error (the success path). */
+export function passThroughText(reply: Reply): string {
+  return replyText(reply);
+}
+
+/** passThrough(reply).line without building an Error. */
+export function replyLine(reply: Reply): string {
+  const t = replyText(reply);
+  return t ? `${reply.code} ${t}` : String(reply.code);
 }
 
 /**
