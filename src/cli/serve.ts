@@ -2,7 +2,8 @@
  * `serve` (run the proxy) and `check-config` (validate and print the effective config, secrets hidden).
  */
 import { watch } from 'node:fs';
-import { loadConfig, redacted } from '../config.js';
+import { ConfigError, loadConfig, redacted } from '../config.js';
+import { listenProblems } from './doctor.js';
 import { createLogger } from '../log.js';
 import { startProxy } from '../proxy.js';
 import { EXIT_OK, type Io, type Verb } from './args.js';
@@ -20,6 +21,9 @@ export const serveVerb: Verb = {
   async run(values, _p, io) {
     const file = configFile(values, io);
     const config = await loadConfig(file, io.env);
+    // A listen address in use is a configuration problem like any other: refuse with the full list.
+    const taken = await listenProblems(config, false);
+    if (taken.length) throw new ConfigError(taken, file ? `configuration ${file}` : 'configuration');
     const log = createLogger(config.log.level);
     const proxy = await startProxy(config, { log });
     return new Promise<number>((resolve) => {
@@ -60,7 +64,11 @@ export const checkConfigVerb: Verb = {
   options: { config: { type: 'string' } },
   positionals: { min: 0, max: 0 },
   async run(values, _p, io) {
-    const config = await loadConfig(configFile(values, io), io.env);
+    const file = configFile(values, io);
+    const config = await loadConfig(file, io.env);
+    // A port held by a running batv-proxy is fine here (checking the config of a running proxy).
+    const taken = await listenProblems(config, true);
+    if (taken.length) throw new ConfigError(taken, file ? `configuration ${file}` : 'configuration');
     io.out(`${JSON.stringify(redacted(config), null, 2)}\n`);
     return EXIT_OK;
   },

@@ -167,3 +167,24 @@ describe('check-config', () => {
     expect(c.outbound!.allowNetworks).toEqual(['127.0.0.0/8', '::1/128']);
   });
 });
+
+describe('a listen address in use is a configuration problem', () => {
+  it('serve refuses with every taken address in one list; check-config too, unless a batv-proxy holds it', async () => {
+    const net = await import('node:net');
+    const { main } = await import('../../src/main.js');
+    const taken = net.createServer();
+    await new Promise<void>((r) => taken.listen(0, '127.0.0.1', () => r()));
+    const port = (taken.address() as import('node:net').AddressInfo).port;
+    const errs: string[] = [];
+    const io = { out: () => undefined, err: (s: string) => void errs.push(s), env: { BATV_PROXY_OUTBOUND__LISTEN: `127.0.0.1:${port}`, BATV_PROXY_INBOUND__LISTEN: '127.0.0.1:0' }, now: () => Date.now() };
+    try {
+      expect(await main(['serve'], io)).toBe(1);
+      expect(errs.join('')).toBe(`batv-proxy serve: Invalid configuration:\n  - outbound.listen: 127.0.0.1:${port} in use by another program\n`);
+      errs.length = 0;
+      expect(await main(['check-config'], io)).toBe(1);
+      expect(errs.join('')).toBe(`batv-proxy check-config: Invalid configuration:\n  - outbound.listen: 127.0.0.1:${port} in use by another program\n`);
+    } finally {
+      await new Promise<void>((r) => taken.close(() => r()));
+    }
+  });
+});
