@@ -11,7 +11,7 @@
  * The hashed address is the sender's bytes exactly (UTF-8, no case folding). Pure: time is a parameter.
  */
 import { utcDay } from '../clock.js';
-import { constantTimeEqual, foldAsciiCase } from './hmac.js';
+import { hexEqual } from './hmac.js';
 import type { TagKey, TagKeyring } from './keyring.js';
 
 /** exim signs every tag for 7 days; the expiry day is written into the tag. */
@@ -62,14 +62,23 @@ export function hasBatvTag(address: string): boolean {
   return TAGGED.test(address) && FULL.test(address);
 }
 
+let stampDay = NaN;
+let stampText = '';
+
 /** DDD for a sign day, exactly as exim writes it (including its "100" for day+7 < 100). */
 export function batvExpiryStamp(nowMs: number): string {
-  const s = String(utcDay(nowMs) + BATV_LIFETIME_DAYS);
-  return s.length < 3 ? '100' : s.slice(-3);
+  const day = utcDay(nowMs);
+  if (day !== stampDay) {
+    const s = String(day + BATV_LIFETIME_DAYS);
+    stampText = s.length < 3 ? '100' : s.slice(-3);
+    stampDay = day;
+  }
+  return stampText;
 }
 
+/** The hash source is K DDD and the address; fed to the MAC as two parts (no joined copy). */
 function signature(key: TagKey, keyNum: string, ddd: string, address: string): string {
-  return key.hmac.hex(keyNum + ddd + address, 3);
+  return key.hmac.hex(keyNum + ddd, 3, address);
 }
 
 /**
@@ -118,7 +127,7 @@ export function batvVerify(
   if (!key) {
     return { kind: 'invalid', reason: 'unknown-key', message: `BATV key ${keyNum} is unknown`, original, keyNum };
   }
-  if (!constantTimeEqual(sig, signature(key, k, ddd, original), foldAsciiCase)) {
+  if (!hexEqual(sig, signature(key, k, ddd, original))) {
     return { kind: 'invalid', reason: 'bad-signature', message: 'BATV signature invalid', original, keyNum };
   }
   // Today's stamp as exim computes it when checking (day numbers under three digits read as 100).

@@ -122,13 +122,7 @@ export class HmacSha1Key {
     W[14] = Math.floor(bits / 0x100000000) | 0;
     W[15] = bits | 0;
     compress(H, W);
-    // Outer hash over the 20-byte inner digest: one block, words copied straight across.
-    W[0] = H[0]!; W[1] = H[1]!; W[2] = H[2]!; W[3] = H[3]!; W[4] = H[4]!;
-    W[5] = 0x80000000 | 0;
-    W.fill(0, 6, 15);
-    W[15] = (BLOCK_BYTES + 20) * 8;
-    OUT.set(this.outer);
-    compress(OUT, W);
+    this.outerFromH();
   }
 
   /** The 20-byte HMAC-SHA1 of `msg` (bytes, or a string taken as UTF-8). */
@@ -142,17 +136,55 @@ export class HmacSha1Key {
     return out;
   }
 
+  /**
+   * The common case, an ASCII string of at most 55 bytes (every BATV hash source of a normal address):
+   * one padded block, loaded straight into the schedule words, no byte buffer.
+   */
+  private runShortAscii(s: string, s2 = ''): boolean {
+    const n1 = s.length;
+    const n = n1 + s2.length;
+    if (n > 55) return false;
+    for (let i = 0; i < 16; i++) W[i] = 0;
+    for (let i = 0; i < n; i++) {
+      const c = i < n1 ? s.charCodeAt(i) : s2.charCodeAt(i - n1);
+      if (c >= 0x80) return false;
+      W[i >> 2] = W[i >> 2]! | (c << (24 - (i & 3) * 8));
+    }
+    W[n >> 2] = W[n >> 2]! | (0x80 << (24 - (n & 3) * 8));
+    W[15] = (BLOCK_BYTES + n) * 8;
+    const inner = this.inner;
+    H[0] = inner[0]!; H[1] = inner[1]!; H[2] = inner[2]!; H[3] = inner[3]!; H[4] = inner[4]!;
+    compress(H, W);
+    this.outerFromH();
+    return true;
+  }
+
+  /** Outer hash over the 20-byte inner digest in H: one block, words copied straight across. */
+  private outerFromH(): void {
+    W[0] = H[0]!; W[1] = H[1]!; W[2] = H[2]!; W[3] = H[3]!; W[4] = H[4]!;
+    W[5] = 0x80000000 | 0;
+    for (let i = 6; i < 15; i++) W[i] = 0;
+    W[15] = (BLOCK_BYTES + 20) * 8;
+    const outer = this.outer;
+    OUT[0] = outer[0]!; OUT[1] = outer[1]!; OUT[2] = outer[2]!; OUT[3] = outer[3]!; OUT[4] = outer[4]!;
+    compress(OUT, W);
+  }
+
   private runOn(msg: Uint8Array | string): void {
-    if (typeof msg === 'string') return this.run(writeUtf8(msg));
+    if (typeof msg === 'string') {
+      if (this.runShortAscii(msg)) return;
+      return this.run(writeUtf8(msg));
+    }
     if (scratch.length < msg.length + BLOCK_BYTES) scratch = new Uint8Array(msg.length + BLOCK_BYTES * 2);
     scratch.set(msg);
     this.run(msg.length);
   }
 
-  /** Lowercase hex of the first `bytes` (0-20) bytes of the MAC. */
-  hex(msg: Uint8Array | string, bytes: number): string {
+  /** Lowercase hex of the first `bytes` (0-20) bytes of the MAC of `msg` (then `more`, if given). */
+  hex(msg: Uint8Array | string, bytes: number, more?: string): string {
     if (!(bytes >= 0 && bytes <= 20)) throw new RangeError(`Cannot take ${bytes} bytes of a 20-byte MAC`);
-    this.runOn(msg);
+    if (more === undefined) this.runOn(msg);
+    else if (typeof msg !== 'string' || !this.runShortAscii(msg, more)) this.runOn(typeof msg === 'string' ? msg + more : msg);
     let s = '';
     for (let i = 0; i < bytes; i++) s += HEX[(OUT[i >> 2]! >>> (24 - (i & 3) * 8)) & 0xff]!;
     return s;
@@ -189,6 +221,14 @@ export function constantTimeEqual(a: string, b: string, fold: (code: number) => 
     const y = i < b.length ? fold(b.charCodeAt(i)) : 0;
     diff |= x ^ y;
   }
+  return diff === 0;
+}
+
+/** Constant-time comparison of two hex strings, ignoring case (both lengths are public). */
+export function hexEqual(a: string, b: string): boolean {
+  if (a.length !== b.length) return false;
+  let diff = 0;
+  for (let i = 0; i < a.length; i++) diff |= (a.charCodeAt(i) | 0x20) ^ (b.charCodeAt(i) | 0x20);
   return diff === 0;
 }
 
