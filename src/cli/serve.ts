@@ -2,7 +2,7 @@
  * `serve` (run the proxy) and `check-config` (validate and print the effective config, secrets hidden).
  */
 import { watch } from 'node:fs';
-import { ConfigError, loadConfig, redacted } from '../config.js';
+import { ConfigError, loadConfig, redacted, type Config } from '../config.js';
 import { listenProblems } from './doctor.js';
 import { createLogger } from '../log.js';
 import { startProxy } from '../proxy.js';
@@ -10,6 +10,17 @@ import { EXIT_OK, type Io, type Verb } from './args.js';
 
 function configFile(values: Record<string, unknown>, io: Io): string | null {
   return (values.config as string | undefined) ?? io.env.BATV_PROXY_CONFIG ?? null;
+}
+
+/**
+ * The config, refused (one list of problems) when a listen address is unusable: a listen address in use
+ * is a configuration problem like any other. `allowOurs`: a running batv-proxy may hold it.
+ */
+async function checkedConfig(file: string | null, io: Io, allowOurs: boolean): Promise<Config> {
+  const config = await loadConfig(file, io.env);
+  const taken = await listenProblems(config, allowOurs);
+  if (taken.length) throw new ConfigError(taken, file ? `configuration ${file}` : 'configuration');
+  return config;
 }
 
 export const serveVerb: Verb = {
@@ -20,10 +31,7 @@ export const serveVerb: Verb = {
   positionals: { min: 0, max: 0 },
   async run(values, _p, io) {
     const file = configFile(values, io);
-    const config = await loadConfig(file, io.env);
-    // A listen address in use is a configuration problem like any other: refuse with the full list.
-    const taken = await listenProblems(config, false);
-    if (taken.length) throw new ConfigError(taken, file ? `configuration ${file}` : 'configuration');
+    const config = await checkedConfig(file, io, false);
     const log = createLogger(config.log.level);
     const proxy = await startProxy(config, { log });
     return new Promise<number>((resolve) => {
@@ -64,11 +72,8 @@ export const checkConfigVerb: Verb = {
   options: { config: { type: 'string' } },
   positionals: { min: 0, max: 0 },
   async run(values, _p, io) {
-    const file = configFile(values, io);
-    const config = await loadConfig(file, io.env);
     // A port held by a running batv-proxy is fine here (checking the config of a running proxy).
-    const taken = await listenProblems(config, true);
-    if (taken.length) throw new ConfigError(taken, file ? `configuration ${file}` : 'configuration');
+    const config = await checkedConfig(configFile(values, io), io, true);
     io.out(`${JSON.stringify(redacted(config), null, 2)}\n`);
     return EXIT_OK;
   },
