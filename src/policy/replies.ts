@@ -42,6 +42,8 @@ export const replies = {
   notOurDomain: (rcpt: string) => new SmtpReply(550, '5.7.1', `<${rcpt}>: relaying denied`),
   batvInvalid: (rcpt: string, reason: BatvInvalidReason) => new SmtpReply(550, '5.7.1', `<${rcpt}>: ${BATV_WORDS[reason]}`),
   srsInvalid: (rcpt: string, reason: SrsInvalidReason) => new SmtpReply(550, '5.7.1', `<${rcpt}>: ${SRS_WORDS[reason]}`),
+  /** Inbound: "%" or "!" routing in a local part, which a mailbox host might still honour (percent hack, bang paths). */
+  routingLocalPart: (rcpt: string) => new SmtpReply(550, '5.7.1', `<${rcpt}>: routing characters (% or !) in the local part are not accepted`),
   /** Inbound: an address in the SRS domain that is not an SRS address. */
   srsNotTagged: (rcpt: string) => new SmtpReply(550, '5.1.1', `<${rcpt}>: no such address (the SRS domain receives only SRS addresses)`),
   /** Inbound: SRS addresses take bounces only, so they are no open forwarder. */

@@ -8,6 +8,7 @@
  *   invalid/expired SRS      550 5.7.1 naming the reason             550 5.7.1
  *   untagged address of ours per untaggedBounces                     deliver
  *   postmaster@ours          deliver (RFC 5321 §4.5.1)               deliver
+ *   ours with "%" or "!"     550 5.7.1 (routing in the local part)   550 5.7.1
  *   anything else            550 5.7.1 relaying denied
  *
  * Pure: keys, policy and time are arguments. The role (src/inbound.ts) adds rate limits and DNSBL.
@@ -67,6 +68,9 @@ export function decideRecipient(rcpt: string, sender: string, policy: VerifyPoli
   if (!policy.domains.some((d) => sameDomain(d, domain))) {
     return { kind: 'refuse', reply: replies.notOurDomain(rcpt), reason: 'not-our-domain' };
   }
+  // Nothing with "%" or "!" routing goes to our mailbox host (tagged or not): a host that still honours
+  // the percent hack or bang paths, and trusts the proxy, would otherwise relay it onwards.
+  if (/[%!]/.test(local)) return { kind: 'refuse', reply: replies.routingLocalPart(rcpt), reason: 'routing-local-part' };
   if (/^prvs=/i.test(local)) {
     if (!keyring) return { kind: 'refuse', reply: replies.cannotSign('no key loaded to verify'), reason: 'no-key' };
     const r = batvVerify(rcpt, keyring, nowMs, policy.batvMaxAgeDays);

@@ -109,7 +109,9 @@ export class HeaderRewriter extends Transform {
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
     if (!this.inHeader) return cb(null, chunk);
-    const atStart = this.pendingBytes === 0;
+    // Until two bytes have arrived the message may still begin with an empty line (no header at all),
+    // and that first CRLF may itself arrive split across chunks.
+    const atStart = this.pendingBytes < 2;
     const probe = this.tail.length ? Buffer.concat([this.tail, chunk]) : chunk;
     const found = headerEnd(probe, atStart);
     const before = this.pendingBytes;

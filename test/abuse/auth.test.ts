@@ -103,8 +103,8 @@ describe('AUTH brute force', () => {
     e.close();
   });
 
-  it('BUG: parallel guesses from one address are braked too (at most one password checked per second after 3 failures)', async () => {
-    // Today the brake only delays each attempt by (failures so far - 2) s, read when the attempt starts:
+  it('parallel guesses from one address are braked too (at most one password checked per second after 3 failures)', async () => {
+    // The brake used to delay each attempt only by (failures so far - 2) s, read when the attempt started:
     // N connections guessing at once all sleep the same 1 s and are all checked, so an attacker's guess
     // rate grows with its connection count (up to limits.maxClients) instead of being held down.
     const addr = '127.66.4.4';

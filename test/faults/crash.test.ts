@@ -7,9 +7,9 @@
  * is delayed here (200 ms) so the window is hit every time.
  *
  * What must happen: the client gets the refusal (or, having vanished, nothing), nothing reaches the next
- * hop, and the process goes on. What happens today: an 'error' event nobody listens to, i.e. an uncaught
- * exception, which ends a real proxy process (both listeners) - found with `batv-proxy serve` and a
- * 150 KB message pipelined after DATA with limits.maxMessageBytes 100000. Each test records uncaught
+ * hop, and the process goes on. What happened before the fix (59fe3c3): an 'error' event nobody listened
+ * to, i.e. an uncaught exception, which ended a real proxy process (both listeners) - found with
+ * `batv-proxy serve` and a 150 KB message pipelined after DATA with limits.maxMessageBytes 100000. Each test records uncaught
  * exceptions itself, so it fails with the reason rather than only through vitest's unhandled-error report.
  * The delay only makes the window certain: with a prompt next hop (a fake peer answering at once) an
  * over-size message pipelined after DATA hit it as well in these runs.
@@ -48,7 +48,7 @@ afterEach(() => {
 });
 
 describe.each(['outbound', 'inbound'] as const)('%s: the body fails while the next hop\'s 354 is pending', (role) => {
-  it('BUG: a message over maxMessageBytes pipelined after DATA gets 552 5.3.4 at once, and nothing is thrown', async () => {
+  it('a message over maxMessageBytes pipelined after DATA gets 552 5.3.4 at once, and nothing is thrown', async () => {
     const ledger = new Ledger(`crash-size-${role}`);
     const rig = await startRig(role, { ...SLOW_354, END: ledger.ackEnd() }, { limits: { maxMessageBytes: 100_000 } });
     try {
@@ -65,7 +65,7 @@ describe.each(['outbound', 'inbound'] as const)('%s: the body fails while the ne
     }
   });
 
-  it('BUG: a client that vanishes right after DATA throws nothing, and the next hop never sees an end of message', async () => {
+  it('a client that vanishes right after DATA throws nothing, and the next hop never sees an end of message', async () => {
     const ledger = new Ledger(`crash-vanish-${role}`);
     const rig = await startRig(role, { ...SLOW_354, END: ledger.ackEnd() });
     try {
@@ -92,7 +92,7 @@ describe.each(['outbound', 'inbound'] as const)('%s: the body fails while the ne
 });
 
 describe('inbound: a header block over 1 MiB pipelined after DATA', () => {
-  it('BUG: gets 552 5.3.4 Message header too large at once, and nothing is thrown', async () => {
+  it('gets 552 5.3.4 Message header too large at once, and nothing is thrown', async () => {
     const ledger = new Ledger('crash-header');
     const rig = await startRig('inbound', { ...SLOW_354, END: ledger.ackEnd() });
     try {

@@ -35,10 +35,10 @@ const tag0 = (a: string) => { const r = batvSign(a, ring0.signing, T0); if (r.ki
 const CLEAN = { lost: [], duplicated: [], phantom: [] };
 
 describe('proxy.reload()', () => {
-  it('BUG: works at all (today it throws "Do not know how to serialize a BigInt" for every config)', async () => {
-    // reload() compares JSON.stringify(new config) with JSON.stringify(old config) before swapping anything;
-    // Config.outbound.allowNetworks holds Cidr objects with a bigint `base`, so the comparison throws and
-    // no reload (SIGHUP, key rotation) ever takes effect. Every test below needs reload() to work.
+  it('works at all (it used to throw "Do not know how to serialize a BigInt" for every config)', async () => {
+    // reload() compared JSON.stringify(new config) with JSON.stringify(old config) before swapping anything;
+    // Config.outbound.allowNetworks holds Cidr objects with a bigint `base`, so the comparison threw and no
+    // reload (SIGHUP, key rotation) ever took effect. Every test below needs reload() to work.
     const { proxy } = await startTestProxy();
     try {
       await expect(proxy.reload()).resolves.toEqual({ changed: [] });
