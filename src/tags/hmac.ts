@@ -145,8 +145,13 @@ export class HmacSha1Key {
     const n = n1 + s2.length;
     if (n > 55) return false;
     for (let i = 0; i < 16; i++) W[i] = 0;
-    for (let i = 0; i < n; i++) {
-      const c = i < n1 ? s.charCodeAt(i) : s2.charCodeAt(i - n1);
+    for (let i = 0; i < n1; i++) {
+      const c = s.charCodeAt(i);
+      if (c >= 0x80) return false;
+      W[i >> 2] = W[i >> 2]! | (c << (24 - (i & 3) * 8));
+    }
+    for (let i = n1; i < n; i++) {
+      const c = s2.charCodeAt(i - n1);
       if (c >= 0x80) return false;
       W[i >> 2] = W[i >> 2]! | (c << (24 - (i & 3) * 8));
     }
