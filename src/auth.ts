@@ -85,18 +85,18 @@ export function createAuth(users: Map<string, UserEntry> | null, clock: Clock, s
   // multiply the guessing rate: each waits for the one before it, and then for its own delay.
   const queues = new LRUCache<string, Promise<unknown>>({ max: 10_000 });
   const attempt = async (auth: { username?: string | undefined; password?: string | null | undefined }, ip: string): Promise<string | null> => {
-      if (!users) return null;
-      const n = failures.get(ip) ?? 0;
-      if (n >= FREE_FAILURES) await sleep(Math.min(MAX_DELAY_MS, (n - FREE_FAILURES + 1) * DELAY_STEP_MS));
-      const entry = auth.username !== undefined ? users.get(auth.username) : undefined;
-      // Compare against a dummy hash for unknown users so timing does not tell them apart.
-      const ok = await verifyPassword(auth.password ?? '', entry?.hash ?? DUMMY_HASH);
-      if (ok && entry) {
-        failures.delete(ip);
-        return auth.username!;
-      }
-      failures.set(ip, n + 1);
-      return null;
+    if (!users) return null;
+    const n = failures.get(ip) ?? 0;
+    if (n >= FREE_FAILURES) await sleep(Math.min(MAX_DELAY_MS, (n - FREE_FAILURES + 1) * DELAY_STEP_MS));
+    const entry = auth.username !== undefined ? users.get(auth.username) : undefined;
+    // Compare against a dummy hash for unknown users so timing does not tell them apart.
+    const ok = await verifyPassword(auth.password ?? '', entry?.hash ?? DUMMY_HASH);
+    if (ok && entry) {
+      failures.delete(ip);
+      return auth.username!;
+    }
+    failures.set(ip, n + 1);
+    return null;
   };
   return {
     enabled: users !== null,

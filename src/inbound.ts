@@ -128,7 +128,7 @@ export function createInbound(ctx: RoleContext, deps: InboundDeps): SMTPServer {
           txn.fields.verdict = d.verdict;
           if (d.keyNum !== undefined) txn.fields.key = d.keyNum;
           try {
-            await relayMail(ctx, c.link, txn, d.route === 'mailbox' ? ctx.mailboxHop() : ctx.outboundHop(), ctx.state().config);
+            await relayMail(ctx, c.link, txn, d.route === 'mailbox' ? ctx.mailboxHop() : ctx.outboundHop());
           } catch (e) {
             if (e instanceof SmtpReply) txn.mailFailure = e;
             throw e;

@@ -31,7 +31,7 @@ export function createOutbound(ctx: RoleContext): SMTPServer {
   const unexpected = conns.unexpected;
 
   async function mailCommand(c: Conn<OutboundTxn>, txn: OutboundTxn, firstRecipient: string | undefined): Promise<void> {
-    const { config, keyring } = ctx.state();
+    const { keyring } = ctx.state();
     const d = signSender(txn.sender, firstRecipient, ctx.signPolicy(), keyring, ctx.clock.now());
     txn.decision = d;
     if (d.kind === 'refused') {
@@ -46,7 +46,7 @@ export function createOutbound(ctx: RoleContext): SMTPServer {
       if (d.overlong) ctx.metrics.overlong.inc();
     }
     ctx.metrics.senders.inc(d.kind === 'rewritten' ? { result: 'signed', scheme: d.scheme } : { result: d.reason === 'exempt-sender' || d.reason === 'exempt-recipient' ? 'exempt' : 'unchanged', scheme: 'none' });
-    await relayMail(ctx, c.link, txn, ctx.outboundHop(), config);
+    await relayMail(ctx, c.link, txn, ctx.outboundHop());
   }
 
   return createListener(ctx.listenerOptions('outbound'), {

@@ -122,8 +122,10 @@ export async function startProxy(initial: Config, opts: ProxyOptions = {}): Prom
     inbox: config.inbound.mailbox === null ? await startCapture(config.inbound.captureDir, clock, (f, env) => log.info({ file: f, mail_from: env.from, rcpt_to: env.to }, 'captured inbound message')) : null,
   };
   const hopOf = (url: string): HopAddress => parseNextHop(url) as HopAddress;
-  const outboundHop = () => (config.outbound.relay ?? hopOf(captures.outbox!.url));
-  const mailboxHop = () => (config.inbound.mailbox ?? hopOf(captures.inbox!.url));
+  // Parsed once here, not per transaction.
+  const captureHops = { outbox: captures.outbox ? hopOf(captures.outbox.url) : null, inbox: captures.inbox ? hopOf(captures.inbox.url) : null };
+  const outboundHop = () => (config.outbound.relay ?? captureHops.outbox!);
+  const mailboxHop = () => (config.inbound.mailbox ?? captureHops.inbox!);
 
   let servers: { outbound: SMTPServer; inbound: SMTPServer } | null = null;
   const pool = new NextHopPool({

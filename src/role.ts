@@ -142,14 +142,18 @@ function stageChild(ctx: RoleContext, role: string, stage: string): { observe(v:
   return c;
 }
 
-async function timed<T>(ctx: RoleContext, txn: Transaction, stage: string, fn: () => Promise<T>): Promise<T> {
+/**
+ * Runs one next-hop stage, observing its latency. A failure is counted against the next hop unless
+ * `ours()` says the proxy itself ended the stage (a body stage failed and we aborted the session).
+ */
+async function timed<T>(ctx: RoleContext, txn: Transaction, stage: string, fn: () => Promise<T>, ours: () => unknown = () => null): Promise<T> {
   const t0 = performance.now();
   const child = stageChild(ctx, txn.role, stage);
   const end = () => child.observe((performance.now() - t0) / 1000);
   try {
     return await fn();
   } catch (e) {
-    noteFailure(ctx, txn, e);
+    if (!ours()) noteFailure(ctx, txn, e);
     throw e;
   } finally {
     end();
@@ -157,7 +161,7 @@ async function timed<T>(ctx: RoleContext, txn: Transaction, stage: string, fn: (
 }
 
 /** MAIL FROM:<rewritten> with the client's parameters as sent. Throws the next hop's refusal as a reply. */
-export async function relayMail(ctx: RoleContext, link: RelayLink, txn: Transaction, hop: HopAddress, _config: Config): Promise<void> {
+export async function relayMail(ctx: RoleContext, link: RelayLink, txn: Transaction, hop: HopAddress): Promise<void> {
   txn.hop = hop;
   txn.fields.nexthop = hop.url;
   const reply = await timed(ctx, txn, 'mail', () => link.begin(hop, `MAIL FROM:${formatPath(txn.rewritten)}${paramText(txn.params)}`));
@@ -220,7 +224,7 @@ export async function relayData(ctx: RoleContext, link: RelayLink, txn: Transact
   const { body, drain, failure } = bodyFrom(stream, stages, () => link.abort());
   let reply: Reply;
   try {
-    reply = await timed(ctx, txn, 'data', () => link.data(body, opts.beforeEnd));
+    reply = await timed(ctx, txn, 'data', () => link.data(body, opts.beforeEnd), failure);
   } catch (e) {
     drain();
     txn.fields.size = size.bytes;
