@@ -9,7 +9,13 @@ RUN npm ci --no-audit --no-fund && npm prune --omit=dev
 
 FROM node:20-bookworm-slim
 WORKDIR /app
+# Inside the container the listeners take all interfaces (publish them with -p 127.0.0.1:...); relaying is
+# still allowed only from outbound.allowNetworks (loopback by default). /healthz answers on 9425 for the
+# HEALTHCHECK below with a plain `docker run`.
 ENV NODE_ENV=production \
+    BATV_PROXY_OUTBOUND__LISTEN=0.0.0.0:2525 \
+    BATV_PROXY_INBOUND__LISTEN=0.0.0.0:2526 \
+    BATV_PROXY_METRICS__LISTEN=0.0.0.0:9425 \
     BATV_PROXY_KEYS__DIR=/var/lib/batv-proxy/keys \
     BATV_PROXY_OUTBOUND__CAPTURE_DIR=/var/lib/batv-proxy/mail/outbox \
     BATV_PROXY_INBOUND__CAPTURE_DIR=/var/lib/batv-proxy/mail/inbox

@@ -16,7 +16,8 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 EXIM_DIR="${REPO_ROOT}/.peers/exim"
 EXIM_ROOT="${EXIM_DIR}/root"
 EXIM_BIN="${EXIM_ROOT}/usr/sbin/exim4"
-PACKAGES=(postfix swaks libmail-srs-perl postsrsd faketime libidn12)
+# redis-tools holds the redis-server program without its service; chromium drives the status-page test.
+PACKAGES=(postfix swaks libmail-srs-perl postsrsd faketime libidn12 redis-tools chromium)
 
 log() { printf 'install-peers: %s\n' "$*"; }
 

@@ -11,6 +11,7 @@ import { randomBytes, scrypt as scryptCb, timingSafeEqual } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import bcrypt from 'bcryptjs';
 import { LRUCache } from 'lru-cache';
+import type { SharedState } from './state/redis.js';
 import type { Clock } from './clock.js';
 import { lowerAscii, sameDomain } from './tags/address.js';
 
@@ -78,24 +79,33 @@ export async function loadUsers(file: string): Promise<Map<string, UserEntry>> {
 const FREE_FAILURES = 3;
 const DELAY_STEP_MS = 1000;
 const MAX_DELAY_MS = 10_000;
+/** Failures are forgotten 15 minutes after the last one. */
+const FAILURE_TTL_MS = 15 * 60_000;
 
-export function createAuth(users: Map<string, UserEntry> | null, clock: Clock, sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))): Auth {
-  const failures = new LRUCache<string, number>({ max: 10_000, ttl: 15 * 60_000, perf: clock });
+/**
+ * With `shared` (state.redis), failures are counted across every replica (so more replicas do not give
+ * a guesser more free attempts); while Redis does not answer, the local count is used.
+ */
+export function createAuth(users: Map<string, UserEntry> | null, clock: Clock, sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms)), shared: SharedState | null = null): Auth {
+  const failures = new LRUCache<string, number>({ max: 10_000, ttl: FAILURE_TTL_MS, perf: clock });
   // Attempts from one address are checked one after another, so opening more connections does not
   // multiply the guessing rate: each waits for the one before it, and then for its own delay.
   const queues = new LRUCache<string, Promise<unknown>>({ max: 10_000 });
   const attempt = async (auth: { username?: string | undefined; password?: string | null | undefined }, ip: string): Promise<string | null> => {
     if (!users) return null;
-    const n = failures.get(ip) ?? 0;
+    const local = failures.get(ip) ?? 0;
+    const n = shared ? Math.max(local, (await shared.authFailures(ip)) ?? 0) : local;
     if (n >= FREE_FAILURES) await sleep(Math.min(MAX_DELAY_MS, (n - FREE_FAILURES + 1) * DELAY_STEP_MS));
     const entry = auth.username !== undefined ? users.get(auth.username) : undefined;
     // Compare against a dummy hash for unknown users so timing does not tell them apart.
     const ok = await verifyPassword(auth.password ?? '', entry?.hash ?? DUMMY_HASH);
     if (ok && entry) {
       failures.delete(ip);
+      if (shared) await shared.clearAuthFailures(ip);
       return auth.username!;
     }
-    failures.set(ip, n + 1);
+    failures.set(ip, local + 1);
+    if (shared) await shared.noteAuthFailure(ip, FAILURE_TTL_MS);
     return null;
   };
   return {

@@ -30,6 +30,8 @@ export interface Config {
   readonly domains: readonly string[];
   /** Name in our EHLO and Received: lines. */
   readonly hostname: string;
+  /** Where RCPT TO:<postmaster> (no domain, RFC 5321 4.1.1.3) goes: postmaster@ the first of domains unless set. */
+  readonly postmaster: string;
   readonly srs: {
     /** The forwarder domain for SRS addresses; null disables SRS (foreign senders pass unchanged). */
     readonly domain: string | null;
@@ -94,8 +96,19 @@ export interface Config {
   readonly relayAuth: { readonly user: string; readonly pass: string } | null;
   readonly limits: {
     readonly maxClients: number;
+    /** Connections one client IP may hold at once on a listener (the others get 421 4.7.0). */
+    readonly maxClientsPerIp: number;
     readonly maxMessageBytes: number;
     readonly maxRecipients: number;
+    /**
+     * A bare CR, a bare LF or a NUL in DATA (SMTP smuggling, docs/smuggling.md): "normalize" sends every
+     * line end as CRLF and drops NUL; "reject" refuses the message with 550 5.5.2.
+     */
+    readonly bareLineEnds: 'normalize' | 'reject';
+    /** Clients whose messages are normalised even when bareLineEnds is "reject". */
+    readonly bareLineEndsExempt: readonly Cidr[];
+    /** Bytes per second a client must average in DATA once timeouts.dataGraceMs has passed; 0 = no minimum. */
+    readonly minDataRate: number;
   };
   readonly timeouts: {
     readonly connectMs: number;
@@ -104,15 +117,40 @@ export interface Config {
     readonly dataMs: number;
     /** Idle client socket; kept above the next-hop budget so the next hop's answer always comes first. */
     readonly clientIdleMs: number;
+    /** Longest a client may take from the 354 to its final dot, however steadily it sends. */
+    readonly clientDataMs: number;
+    /** How long a client may send DATA below limits.minDataRate (slow starts, big honest messages). */
+    readonly dataGraceMs: number;
   };
-  readonly metrics: { readonly listen: string | null };
+  readonly metrics: {
+    /** The HTTP listener for /metrics, /healthz, /readyz and the status page; null = none. */
+    readonly listen: string | null;
+    /** A bearer token every path but /healthz and /readyz requires (also accepted as a basic-auth password). */
+    readonly token: string | null;
+    /** A file holding that token (first line), instead of writing it into the config. */
+    readonly tokenFile: string | null;
+    /** A "user:hash" file (as outbound.usersFile) for basic auth on every path but /healthz and /readyz. */
+    readonly usersFile: string | null;
+  };
   readonly log: { readonly level: 'debug' | 'info' | 'warn' | 'error' | 'silent' };
+  /** Limits shared between replicas (issue 12). */
+  readonly state: {
+    /** redis://[user:pass@]host:port[/db] or rediss:// (TLS); null = each process keeps its own limits. */
+    readonly redis: string | null;
+    /** A file holding the Redis password (first line), instead of writing it into the URL. */
+    readonly passwordFile: string | null;
+    /** Prefix of every key the proxy writes. */
+    readonly prefix: string;
+    /** How long a limit check waits for Redis before answering from local limits. */
+    readonly timeoutMs: number;
+  };
 }
 
 /** The embedded defaults: with no config file at all the proxy starts on loopback and captures mail. */
 export const DEFAULTS = {
   domains: ['example.com'],
   hostname: os.hostname(),
+  postmaster: null,
   srs: { domain: 'srs.example.com', maxAgeDays: 21, separator: '=', hashLength: 4, hashMin: 4, alphabet: 'base64', alwaysRewrite: false },
   batv: { maxAgeDays: 7 },
   keys: { dir: 'keys' },
@@ -131,10 +169,14 @@ export const DEFAULTS = {
   tls: { key: null, cert: null },
   relayTls: { require: false, rejectUnauthorized: true },
   relayAuth: null,
-  limits: { maxClients: 500, maxMessageBytes: 50 * 1024 * 1024, maxRecipients: 1000 },
-  timeouts: { connectMs: 10_000, greetingMs: 30_000, commandMs: 60_000, dataMs: 600_000, clientIdleMs: 660_000 },
-  metrics: { listen: null },
+  limits: {
+    maxClients: 500, maxClientsPerIp: 20, maxMessageBytes: 50 * 1024 * 1024, maxRecipients: 1000,
+    bareLineEnds: 'normalize', bareLineEndsExempt: [], minDataRate: 1024,
+  },
+  timeouts: { connectMs: 10_000, greetingMs: 30_000, commandMs: 60_000, dataMs: 600_000, clientIdleMs: 660_000, clientDataMs: 3_600_000, dataGraceMs: 60_000 },
+  metrics: { listen: '127.0.0.1:9425', token: null, tokenFile: null, usersFile: null },
   log: { level: 'info' },
+  state: { redis: null, passwordFile: null, prefix: 'batv:', timeoutMs: 5 },
 } as const;
 
 /** Every problem in a configuration, one per line. */
@@ -264,11 +306,12 @@ export function parseConfig(input: unknown): Config {
   const hashMin = int('srs.hashMin', 1, 27);
   if (hashMin > hashLength) p.push(`srs.hashMin: ${hashMin} is above srs.hashLength (${hashLength})`);
 
-  const allowNetworks = strList('outbound.allowNetworks').flatMap((s) => {
+  const cidrs = (path: string): Cidr[] => strList(path).flatMap((s) => {
     const c = parseCidr(s);
-    if (typeof c === 'string') { p.push(`outbound.allowNetworks: ${c}`); return []; }
+    if (typeof c === 'string') { p.push(`${path}: ${c}`); return []; }
     return [c];
   });
+  const allowNetworks = cidrs('outbound.allowNetworks');
   const tlsKey = str('tls.key', true);
   const tlsCert = str('tls.cert', true);
   if ((tlsKey === null) !== (tlsCert === null)) p.push('tls: set both key and cert, or neither');
@@ -290,16 +333,41 @@ export function parseConfig(input: unknown): Config {
     commandMs: int('timeouts.commandMs', 100, 3_600_000),
     dataMs: int('timeouts.dataMs', 100, 3_600_000),
     clientIdleMs: int('timeouts.clientIdleMs', 100, 3_600_000),
+    clientDataMs: int('timeouts.clientDataMs', 1000, 86_400_000),
+    dataGraceMs: int('timeouts.dataGraceMs', 100, 86_400_000),
   };
+  if (timeouts.dataGraceMs >= timeouts.clientDataMs) {
+    p.push(`timeouts.dataGraceMs: ${timeouts.dataGraceMs} must be below timeouts.clientDataMs (${timeouts.clientDataMs})`);
+  }
   if (timeouts.clientIdleMs <= timeouts.dataMs) {
     p.push(`timeouts.clientIdleMs: ${timeouts.clientIdleMs} must be above timeouts.dataMs (${timeouts.dataMs}) so the next hop's answer reaches the client first`);
   }
   const metricsListen = str('metrics.listen', true);
   if (metricsListen !== null && typeof parseListen(metricsListen) === 'string') p.push(`metrics.listen: ${parseListen(metricsListen) as string}`);
+  const metricsToken = str('metrics.token', true);
+  if (metricsToken !== null && metricsToken.length < 16) p.push('metrics.token: must be at least 16 characters (e.g. from "openssl rand -base64 32")');
+  const metricsTokenFile = str('metrics.tokenFile', true);
+  if (metricsToken !== null && metricsTokenFile !== null) p.push('metrics: set token or tokenFile, not both');
+  const metricsUsersFile = str('metrics.usersFile', true);
+
+  const stateRedis = str('state.redis', true);
+  if (stateRedis !== null) {
+    let u: URL | null = null;
+    try { u = new URL(stateRedis); } catch { /* reported below */ }
+    if (!u || (u.protocol !== 'redis:' && u.protocol !== 'rediss:') || !u.hostname) p.push('state.redis: must be redis://host:port[/db] or rediss://host:port[/db]');
+    else if (u.password && get('state.passwordFile') !== null) p.push('state: give the Redis password in state.redis or in state.passwordFile, not both');
+  }
+
+  const maxClients = int('limits.maxClients', 1, 100_000);
+  const maxClientsPerIp = int('limits.maxClientsPerIp', 1, 100_000);
+  const postmasterRaw = str('postmaster', true);
+  const postmaster = postmasterRaw ?? `postmaster@${domains[0] ?? 'localhost'}`;
+  if (postmasterRaw !== null && !/^[^\s@<>]+@[^\s@<>]+$/.test(postmasterRaw)) p.push(`postmaster: "${postmasterRaw}" is not an address (write user@domain)`);
 
   const config: Config = {
     domains,
     hostname: str('hostname') ?? '',
+    postmaster,
     srs: {
       domain: srsDomain,
       maxAgeDays: int('srs.maxAgeDays', 1, 1000),
@@ -352,13 +420,18 @@ export function parseConfig(input: unknown): Config {
     relayTls: { require: bool('relayTls.require'), rejectUnauthorized: bool('relayTls.rejectUnauthorized') },
     relayAuth,
     limits: {
-      maxClients: int('limits.maxClients', 1, 100_000),
+      maxClients,
+      maxClientsPerIp,
       maxMessageBytes: int('limits.maxMessageBytes', 1024, 2 ** 40),
       maxRecipients: int('limits.maxRecipients', 1, 100_000),
+      bareLineEnds: oneOf('limits.bareLineEnds', ['normalize', 'reject'] as const),
+      bareLineEndsExempt: cidrs('limits.bareLineEndsExempt'),
+      minDataRate: int('limits.minDataRate', 0, 2 ** 30),
     },
     timeouts,
-    metrics: { listen: metricsListen },
+    metrics: { listen: metricsListen, token: metricsToken, tokenFile: metricsTokenFile, usersFile: metricsUsersFile },
     log: { level: oneOf('log.level', ['debug', 'info', 'warn', 'error', 'silent'] as const) },
+    state: { redis: stateRedis, passwordFile: str('state.passwordFile', true), prefix: str('state.prefix') ?? 'batv:', timeoutMs: int('state.timeoutMs', 1, 10_000) },
   };
   if (config.outbound.listen === config.inbound.listen && !config.inbound.listen.endsWith(':0')) p.push(`inbound.listen: "${config.inbound.listen}" is also outbound.listen`);
   if (p.length) throw new ConfigError(p);
@@ -416,9 +489,21 @@ export async function loadConfig(file: string | null, env: Readonly<Record<strin
   }
 }
 
+/** A Redis URL with its password replaced by *** (state.redis). */
+export function redactUrl(url: string | null): string | null {
+  if (url === null) return null;
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+    return u.toString();
+  } catch {
+    return '***';
+  }
+}
+
 /** The effective config with secrets hidden, for check-config and logs. */
 export function redacted(c: Config): unknown {
-  return JSON.parse(JSON.stringify({ ...c, relayAuth: c.relayAuth ? { user: c.relayAuth.user, pass: '***' } : null }, (_k, v: unknown) =>
+  return JSON.parse(JSON.stringify({ ...c, relayAuth: c.relayAuth ? { user: c.relayAuth.user, pass: '***' } : null, metrics: { ...c.metrics, token: c.metrics.token === null ? null : '***' }, state: { ...c.state, redis: redactUrl(c.state.redis) } }, (_k, v: unknown) =>
     isObj(v) && 'bits' in v && 'text' in v ? (v as { text: string }).text : v,
   ));
 }

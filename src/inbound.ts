@@ -14,7 +14,7 @@ import { checkRecipientLimit, connections, newTransaction, relayData, relayMail,
 import { decideRecipient, isNullSender, type RcptDecision } from './policy/verify.js';
 import { replies } from './policy/replies.js';
 import { createListener, hook } from './smtp/listener.js';
-import { rawOf } from './smtp/raw-command.js';
+import { rawOf } from './smtp/internals.js';
 import { SmtpReply } from './reply.js';
 import { createBounceClassifier, type BounceClassifier } from './inbound/classify.js';
 import type { Dnsbl } from './inbound/dnsbl.js';
@@ -56,10 +56,10 @@ export function createInbound(ctx: RoleContext, deps: InboundDeps): SMTPServer {
   const conn = conns.get;
   const unexpected = conns.unexpected;
 
-  function refuse(txn: InboundTxn, ip: string, rcpt: string, reply: SmtpReply, reason: string): never {
+  async function refuse(txn: InboundTxn, ip: string, rcpt: string, reply: SmtpReply, reason: string): Promise<never> { // issue 12: limits are async
     ctx.metrics.verdicts.inc({ result: 'refused', reason });
     txn.rcpts.push({ rcpt, to: rcpt, verdict: reason, reply: reply.line });
-    if (isNullSender(txn.sender) && deps.limits().noteRefused(ip)) {
+    if (isNullSender(txn.sender) && await deps.limits().noteRefused(ip)) {
       ctx.log.warn({ client: ip, role: 'inbound' }, 'client cooled off after too many refused bounces');
       ctx.metrics.rateLimited.inc({ kind: 'client' });
     }
@@ -67,8 +67,8 @@ export function createInbound(ctx: RoleContext, deps: InboundDeps): SMTPServer {
   }
 
   return createListener(ctx.listenerOptions('inbound'), {
-    onConnect(session, cb) {
-      if (deps.limits().isCoolingOff(session.remoteAddress)) {
+    async onConnect(session, cb) { // issue 12: limits are async
+      if (await deps.limits().isCoolingOff(session.remoteAddress)) {
         ctx.metrics.rateLimited.inc({ kind: 'client' });
         return cb(replies.coolingOff(session.remoteAddress));
       }
@@ -80,7 +80,7 @@ export function createInbound(ctx: RoleContext, deps: InboundDeps): SMTPServer {
         const c = conn(session);
         conns.reset(c);
         const ip = session.remoteAddress;
-        if (deps.limits().isCoolingOff(ip)) throw replies.coolingOff(ip);
+        if (await deps.limits().isCoolingOff(ip)) throw replies.coolingOff(ip);
         const { raw, rawParams } = rawOf(address);
         const { config } = ctx.state();
         const dnsbl = deps.dnsbl();
@@ -107,14 +107,14 @@ export function createInbound(ctx: RoleContext, deps: InboundDeps): SMTPServer {
         const txn = c.txn;
         if (!txn) throw new SmtpReply(503, '5.5.1', 'Need MAIL command first');
         const ip = session.remoteAddress;
-        if (deps.limits().isCoolingOff(ip)) throw replies.coolingOff(ip);
+        if (await deps.limits().isCoolingOff(ip)) throw replies.coolingOff(ip);
         checkRecipientLimit(ctx, txn);
         const { raw, rawParams } = rawOf(address);
         const { keyring } = ctx.state();
         const d = decideRecipient(raw, txn.sender, ctx.verifyPolicy(), keyring, ctx.clock.now());
-        if (d.kind === 'refuse') refuse(txn, ip, raw, d.reply, d.reason);
+        if (d.kind === 'refuse') return await refuse(txn, ip, raw, d.reply, d.reason);
         if (d.verdict === 'untagged-bounce-grace') ctx.metrics.wouldRefuse.inc({ reason: 'untagged-bounce' });
-        if ((d.verdict === 'batv-valid' || d.verdict === 'srs-valid') && isNullSender(txn.sender) && !deps.limits().takeTag(raw)) {
+        if ((d.verdict === 'batv-valid' || d.verdict === 'srs-valid') && isNullSender(txn.sender) && !(await deps.limits().takeTag(raw))) {
           ctx.metrics.rateLimited.inc({ kind: 'tag' });
           txn.rcpts.push({ rcpt: raw, to: d.to, verdict: 'tag-replayed', reply: '450' });
           throw replies.tagReplayed(raw);

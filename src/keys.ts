@@ -9,13 +9,18 @@
  *                 "created": "...", "demoted": "2026-11-22T10:00:00.000Z", "origin": "postsrsd" } ] }
  *
  * Exactly one key is "active" (it signs BATV and SRS); "verify" keys only verify, until they are
- * retired (removed) once no tag they made can still be valid. Secrets are at most 64 bytes; generated
+ * retired (removed) once no tag they made can still be valid. A "scheduled" key (`keys rotate
+ * --activate-at`) carries `"activate_at": "<ISO 8601>"`: every replica verifies with it as soon as it
+ * has the file, and all of them sign with it from that instant (the tag keyring picks the signing key
+ * by time), so no replica signs with a key another one does not know yet. The next write of the file
+ * after the instant records the change (the scheduled key becomes "active", the old one "verify"). Secrets are at most 64 bytes; generated
  * ones are 43 printable base64url characters (32 random bytes) so the same secret can be pasted into
  * exim or postsrsd. The file is written 0600 (atomically, via rename) and refused when group or others
  * can read it. Logs name keys by number and RFC 7638 thumbprint, never by secret.
  */
 import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { base64url, calculateJwkThumbprint, importJWK } from 'jose';
 import { MAX_KEY_BYTES, utf8 } from './tags/hmac.js';
@@ -24,7 +29,7 @@ import { MS_PER_DAY } from './clock.js';
 
 export const KEYRING_FILE = 'keyring.json';
 
-export type KeyStatus = 'active' | 'verify';
+export type KeyStatus = 'active' | 'verify' | 'scheduled';
 
 export interface StoredKey {
   readonly num: number;
@@ -35,6 +40,8 @@ export interface StoredKey {
   readonly demoted?: string;
   /** Where it came from when imported: "postsrsd", "exim". */
   readonly origin?: string;
+  /** When a scheduled key starts signing (ISO 8601). */
+  readonly activateAt?: string;
 }
 
 interface JwkEntry {
@@ -45,6 +52,7 @@ interface JwkEntry {
   created: string;
   demoted?: string;
   origin?: string;
+  activate_at?: string;
 }
 
 /** A keyring problem an administrator must fix; the message says how. */
@@ -64,6 +72,20 @@ export function generateSecret(): Uint8Array {
   return utf8(base64url.encode(randomBytes(32)));
 }
 
+function whoami(): string {
+  try { return os.userInfo().username; } catch { return `uid ${process.getuid?.() ?? '?'}`; }
+}
+
+/** A permission failure in plain words: who we are and the command that fixes it. */
+function permissionError(e: unknown, what: 'read' | 'write', target: string): KeyringError | null {
+  const code = (e as NodeJS.ErrnoException).code;
+  if (code !== 'EACCES' && code !== 'EPERM') return null;
+  const user = whoami();
+  return what === 'read'
+    ? new KeyringError(`Cannot read ${target}: permission denied for user ${user}; the file and its directory must belong to the user the proxy runs as: "chown ${user} ${path.dirname(target)} ${target} && chmod 700 ${path.dirname(target)} && chmod 600 ${target}"`)
+    : new KeyringError(`Cannot write the keyring in ${target}: permission denied for user ${user}; give the directory to that user ("chown ${user} ${target} && chmod 700 ${target}") or choose another with --dir`);
+}
+
 /** Reads and validates `<dir>/keyring.json`. @throws KeyringError naming the file and the problem. */
 export async function readKeys(dir: string): Promise<StoredKey[]> {
   const file = keyringPath(dir);
@@ -74,16 +96,22 @@ export async function readKeys(dir: string): Promise<StoredKey[]> {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
       throw new KeyringError(`No keyring at ${file}: create one with "batv-proxy keys init --dir ${dir}"`);
     }
-    throw new KeyringError(`Cannot read ${file}: ${(e as Error).message}`);
+    throw permissionError(e, 'read', file) ?? new KeyringError(`Cannot read ${file}: ${(e as Error).message}`);
   }
   if ((st.mode & 0o077) !== 0) {
     throw new KeyringError(
       `Refusing ${file}: it is readable by others (mode ${(st.mode & 0o777).toString(8)}); fix it with "chmod 600 ${file}"`,
     );
   }
+  let text: string;
+  try {
+    text = await fs.readFile(file, 'utf8');
+  } catch (e) {
+    throw permissionError(e, 'read', file) ?? new KeyringError(`Cannot read ${file}: ${(e as Error).message}`);
+  }
   let doc: unknown;
   try {
-    doc = JSON.parse(await fs.readFile(file, 'utf8'));
+    doc = JSON.parse(text);
   } catch (e) {
     // V8's message quotes the text around the error, which may be part of a secret: keep only where.
     const at = /position (\d+)/.exec((e as Error).message)?.[1];
@@ -97,7 +125,10 @@ export async function readKeys(dir: string): Promise<StoredKey[]> {
     const where = `${file}: keys[${i}]`;
     if (e.kty !== 'oct' || typeof e.k !== 'string') throw new KeyringError(`${where} is not an "oct" key with "k"`);
     if (typeof e.kid !== 'string' || !/^[0-9]$/.test(e.kid)) throw new KeyringError(`${where} has kid ${JSON.stringify(e.kid)}; it must be one digit 0-9`);
-    if (e.status !== 'active' && e.status !== 'verify') throw new KeyringError(`${where} has status ${JSON.stringify(e.status)}; it must be "active" or "verify"`);
+    if (e.status !== 'active' && e.status !== 'verify' && e.status !== 'scheduled') throw new KeyringError(`${where} has status ${JSON.stringify(e.status)}; it must be "active", "verify" or "scheduled"`);
+    if (e.status === 'scheduled' && (typeof e.activate_at !== 'string' || Number.isNaN(Date.parse(e.activate_at)))) {
+      throw new KeyringError(`${where} is scheduled but has activate_at ${JSON.stringify(e.activate_at)}, not an ISO 8601 date`);
+    }
     let secret: Uint8Array;
     try {
       secret = (await importJWK({ kty: 'oct', k: e.k }, 'HS256')) as Uint8Array;
@@ -109,7 +140,7 @@ export async function readKeys(dir: string): Promise<StoredKey[]> {
     for (const f of ['created', 'demoted'] as const) {
       if (e[f] !== undefined && Number.isNaN(Date.parse(String(e[f])))) throw new KeyringError(`${where} has ${f} ${JSON.stringify(e[f])}, not an ISO 8601 date`);
     }
-    keys.push({ num: Number(e.kid), secret, status: e.status, created: String(e.created ?? ''), ...(e.demoted ? { demoted: e.demoted } : {}), ...(e.origin ? { origin: e.origin } : {}) });
+    keys.push({ num: Number(e.kid), secret, status: e.status, created: String(e.created ?? ''), ...(e.demoted ? { demoted: e.demoted } : {}), ...(e.origin ? { origin: e.origin } : {}), ...(e.status === 'scheduled' ? { activateAt: e.activate_at! } : {}) });
   }
   checkKeys(keys, file);
   return keys;
@@ -129,7 +160,11 @@ function checkKeys(keys: readonly StoredKey[], file: string): void {
 export async function writeKeys(dir: string, keys: readonly StoredKey[]): Promise<void> {
   const file = keyringPath(dir);
   checkKeys(keys, file);
-  await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+  try {
+    await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+  } catch (e) {
+    throw permissionError(e, 'write', dir) ?? e;
+  }
   const doc = {
     keys: keys.map((k): JwkEntry => ({
       kty: 'oct',
@@ -139,18 +174,74 @@ export async function writeKeys(dir: string, keys: readonly StoredKey[]): Promis
       created: k.created,
       ...(k.demoted ? { demoted: k.demoted } : {}),
       ...(k.origin ? { origin: k.origin } : {}),
+      ...(k.status === 'scheduled' && k.activateAt ? { activate_at: k.activateAt } : {}),
     })),
   };
   const tmp = `${file}.${process.pid}.tmp`;
-  await fs.writeFile(tmp, JSON.stringify(doc, null, 2) + '\n', { mode: 0o600 });
-  await fs.chmod(tmp, 0o600);
-  await fs.rename(tmp, file);
+  try {
+    await fs.writeFile(tmp, JSON.stringify(doc, null, 2) + '\n', { mode: 0o600 });
+    await fs.chmod(tmp, 0o600);
+    await fs.rename(tmp, file);
+  } catch (e) {
+    await fs.rm(tmp, { force: true }).catch(() => undefined);
+    throw permissionError(e, 'write', dir) ?? e;
+  }
 }
 
-/** The active key first, then the verifying ones, ready for the tag code. */
+/** The active key first, then the verifying and scheduled ones (with their activation), ready for the tag code. */
 export function toTagKeyring(keys: readonly StoredKey[]): TagKeyring {
   const ordered = [...keys].sort((a, b) => (a.status === 'active' ? -1 : b.status === 'active' ? 1 : 0));
-  return makeKeyring(ordered.map((k) => tagKey(k.num, k.secret)));
+  return makeKeyring(ordered.map((k) => tagKey(k.num, k.secret, k.status === 'scheduled' ? Date.parse(k.activateAt!) : undefined)));
+}
+
+/**
+ * The keys as they stand at `nowMs`: a scheduled key whose instant has come becomes "active" and the
+ * key it replaces "verify" (demoted at that instant). What the tag keyring does by time, written down.
+ */
+export function settle(keys: readonly StoredKey[], nowMs: number): StoredKey[] {
+  const due = keys.filter((k) => k.status === 'scheduled' && Date.parse(k.activateAt!) <= nowMs)
+    .sort((a, b) => Date.parse(a.activateAt!) - Date.parse(b.activateAt!));
+  let result = [...keys];
+  for (const next of due) {
+    const at = next.activateAt!;
+    result = result.map((k): StoredKey => {
+      if (k === next) { const { activateAt: _drop, ...rest } = k; return { ...rest, status: 'active' }; }
+      return k.status === 'active' ? { ...k, status: 'verify', demoted: at } : k;
+    });
+  }
+  return result;
+}
+
+/** The key that signs at `nowMs` (the active key, or a scheduled one whose instant has come). */
+export function signingKeyAt(keys: readonly StoredKey[], nowMs: number): StoredKey | undefined {
+  return settle(keys, nowMs).find((k) => k.status === 'active');
+}
+
+/** doctor's thresholds until the config has a knob: rotate after 180 days; copy files at least an hour ahead. */
+export const KEY_SCHEDULE_DEFAULTS = { maxAgeDays: 180, windowMs: 60 * 60 * 1000 } as const;
+
+/**
+ * What `doctor` says about the schedule: the signing key is older than `maxAgeDays` (time to rotate),
+ * or a scheduled key is due within `windowMs` (the time config management needs to bring the file to
+ * every replica: a replica without it cannot verify the new key's tags once another signs with it).
+ */
+export function keyScheduleWarnings(keys: readonly StoredKey[], nowMs: number, opts: { maxAgeDays: number; windowMs: number }): string[] {
+  const out: string[] = [];
+  const active = signingKeyAt(keys, nowMs);
+  // Signing since its activation (a scheduled key now due) or its creation.
+  const orig = active ? keys.find((k) => k.num === active.num) : undefined;
+  const since = orig ? Date.parse(orig.status === 'scheduled' ? orig.activateAt! : orig.created) : NaN;
+  if (active && Number.isFinite(since) && nowMs - since > opts.maxAgeDays * MS_PER_DAY) {
+    out.push(`signing key ${active.num} has signed for ${Math.floor((nowMs - since) / MS_PER_DAY)} days (over ${opts.maxAgeDays}): schedule a new one with "batv-proxy keys rotate --activate-at ..."`);
+  }
+  for (const k of keys) {
+    if (k.status !== 'scheduled') continue;
+    const at = Date.parse(k.activateAt!);
+    if (at > nowMs && at - nowMs <= opts.windowMs) {
+      out.push(`key ${k.num} starts signing at ${k.activateAt}, in ${Math.ceil((at - nowMs) / 60000)} min: make sure every replica has this keyring file before then`);
+    }
+  }
+  return out;
 }
 
 /** Reads the keyring from disk and prepares it for the tag code. */
@@ -164,9 +255,13 @@ export async function thumbprint(secret: Uint8Array): Promise<string> {
   return calculateJwkThumbprint({ kty: 'oct', k: base64url.encode(secret) });
 }
 
-/** Creates a keyring with one fresh active key numbered 0. @throws KeyringError when one exists. */
+/** Creates a keyring with one fresh active key numbered 0. @throws KeyringError when one exists or DIR is not writable. */
 export async function initKeys(dir: string, nowMs: number): Promise<StoredKey> {
   if (await exists(keyringPath(dir))) throw new KeyringError(`A keyring already exists at ${keyringPath(dir)}; use "keys rotate" to add a key`);
+  // Say so before generating anything: an existing directory we may not write to.
+  if (await exists(dir)) {
+    try { await fs.access(dir, fs.constants.W_OK | fs.constants.X_OK); } catch (e) { throw permissionError(e, 'write', dir) ?? e; }
+  }
   const key: StoredKey = { num: 0, secret: generateSecret(), status: 'active', created: new Date(nowMs).toISOString() };
   await writeKeys(dir, [key]);
   return key;
@@ -185,11 +280,18 @@ function freeNumber(keys: readonly StoredKey[], after: number): number {
 }
 
 /**
- * Adds a fresh key that signs at once; the previous signing key keeps verifying.
+ * Adds a fresh key that signs at once, or from `activateAtMs` when that is later than now (it verifies
+ * at once); the previous signing key keeps verifying.
  * @returns the new keys list and the new key.
  */
-export function rotate(keys: readonly StoredKey[], nowMs: number, secret: Uint8Array = generateSecret()): { keys: StoredKey[]; added: StoredKey } {
+export function rotate(keys: readonly StoredKey[], nowMs: number, secret: Uint8Array = generateSecret(), activateAtMs?: number): { keys: StoredKey[]; added: StoredKey } {
+  keys = settle(keys, nowMs);
   const iso = new Date(nowMs).toISOString();
+  if (activateAtMs !== undefined && activateAtMs > nowMs) {
+    const last = keys.reduce((m, k) => Math.max(m, k.num), -1);
+    const added: StoredKey = { num: freeNumber(keys, last), secret, status: 'scheduled', created: iso, activateAt: new Date(activateAtMs).toISOString() };
+    return { keys: [...keys, added], added };
+  }
   const current = keys.find((k) => k.status === 'active');
   const added: StoredKey = { num: freeNumber(keys, current?.num ?? -1), secret, status: 'active', created: iso };
   const demoted = keys.map((k): StoredKey => (k.status === 'active' ? { ...k, status: 'verify', demoted: iso } : k));
@@ -201,6 +303,7 @@ export function rotate(keys: readonly StoredKey[], nowMs: number, secret: Uint8A
  * pass the longest of the BATV and SRS max ages plus a day).
  */
 export function retire(keys: readonly StoredKey[], nowMs: number, verifyDays: number): { keys: StoredKey[]; removed: StoredKey[] } {
+  keys = settle(keys, nowMs);
   const cutoff = nowMs - verifyDays * MS_PER_DAY;
   const removed = keys.filter((k) => k.status === 'verify' && k.demoted !== undefined && Date.parse(k.demoted) <= cutoff);
   return { keys: keys.filter((k) => !removed.includes(k)), removed };

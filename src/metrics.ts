@@ -20,6 +20,7 @@ export function createMetrics() {
     stageSeconds: new Histogram({ name: 'batv_proxy_stage_seconds', help: 'Next-hop latency per stage', labelNames: ['role', 'stage'], buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30], registers: r }),
     connections: new Gauge({ name: 'batv_proxy_active_connections', help: 'Open client connections', labelNames: ['role'], registers: r }),
     keyAge: new Gauge({ name: 'batv_proxy_key_age_days', help: 'Age of each key in days', labelNames: ['key', 'status'], registers: r }),
+    sharedStateFallback: new Gauge({ name: 'batv_proxy_shared_state_fallback', help: '1 while state.redis is configured but unavailable and local limits are used, else 0', registers: r }),
   };
 }
 

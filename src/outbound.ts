@@ -14,7 +14,7 @@ import { replies } from './policy/replies.js';
 import { parseMailbox } from './tags/address.js';
 import { inNetworks } from './net/cidr.js';
 import { createListener, hook } from './smtp/listener.js';
-import { rawOf } from './smtp/raw-command.js';
+import { rawOf } from './smtp/internals.js';
 import { SmtpReply } from './reply.js';
 
 interface OutboundTxn extends Transaction {

@@ -11,11 +11,13 @@ import { createAuth, loadUsers, type Auth } from './auth.js';
 import { startCapture, type Capture } from './capture.js';
 import { createInbound } from './inbound.js';
 import { createDnsbl, type Dnsbl } from './inbound/dnsbl.js';
-import { AbuseLimits } from './inbound/limits.js';
+import { createLimits } from './inbound/limits.js';
+import { openSharedState } from './state/redis.js'; // issue 12: shared limits
 import { initKeys, KeyringError, keyringPath, loadKeyring, thumbprint, type StoredKey } from './keys.js';
 import { silentLogger, type Logger } from './log.js';
 import { createMetrics, type Metrics } from './metrics.js';
 import { startMetricsServer, type MetricsServer } from './metrics-server.js';
+import { loadAccess, StatusBook } from './status/index.js'; // status page (issue 13)
 import { createOutbound } from './outbound.js';
 import type { SignPolicy } from './policy/sign.js';
 import type { VerifyPolicy } from './policy/verify.js';
@@ -100,10 +102,13 @@ export async function startProxy(initial: Config, opts: ProxyOptions = {}): Prom
   const clock = opts.clock ?? systemClock;
   const log = opts.log ?? silentLogger;
   const metrics = createMetrics();
+  const status = new StatusBook({ clock, counters: metrics }); // status page (issue 13)
+  const metricsAccess = await loadAccess(initial.metrics, clock); // status page (issue 13): before anything listens
   let config = initial;
   let { ring, keys } = await readKeyring(config, opts, clock, log);
-  let auth: Auth = createAuth(config.outbound.usersFile ? await loadUsers(config.outbound.usersFile) : null, clock);
-  let limits = new AbuseLimits(config.inbound.limits, clock);
+  const shared = await openSharedState(config.state, { warn: (m, f) => log.warn({ ...f, role: 'state' }, m), info: (m, f) => log.info({ ...f, role: 'state' }, m) }, (f) => metrics.sharedStateFallback.set(f ? 1 : 0)); // issue 12
+  let auth: Auth = createAuth(config.outbound.usersFile ? await loadUsers(config.outbound.usersFile) : null, clock, undefined, shared); // issue 12: shared brake
+  let limits = createLimits(config.inbound.limits, clock, shared);
   let dnsbl: Dnsbl | null = null;
   const makeDnsbl = (c: Config) => (c.inbound.dnsbl.mode === 'reject'
     ? createDnsbl({ zone: c.inbound.dnsbl.zone, servers: [...c.inbound.dnsbl.servers], timeoutMs: c.inbound.dnsbl.timeoutMs, clock })
@@ -198,6 +203,7 @@ export async function startProxy(initial: Config, opts: ProxyOptions = {}): Prom
       if (!txn || txn.done) return;
       txn.done = true;
       metrics.transactions.inc({ role: txn.role, outcome });
+      status.transaction(txn, outcome); // status page (issue 13)
       if (!log.isLevelEnabled('info')) return;
       log.info({
         id: txn.id, role: txn.role, ...txn.fields, sender: txn.sender, ...(txn.rewritten !== txn.sender ? { sender_rewritten: txn.rewritten } : {}),
@@ -241,7 +247,21 @@ export async function startProxy(initial: Config, opts: ProxyOptions = {}): Prom
         }
       }
       return problems;
-    });
+    }, { // status page (issue 13): begin
+      readyDetail: () => (shared?.status.fallback ? [`shared state: fallback to local limits since ${shared.status.since} (${shared.status.reason})`] : []), // issue 12
+      clock,
+      access: metricsAccess,
+      status: {
+        book: status,
+        listeners: () => [
+          { name: 'outbound', address: `${outAddr.host}:${outAddr.port}`, nextHop: outboundHop().url, capture: config.outbound.relay ? null : captures.outbox?.dir ?? null },
+          { name: 'inbound', address: `${inAddr.host}:${inAddr.port}`, nextHop: mailboxHop().url, capture: config.inbound.mailbox ? null : captures.inbox?.dir ?? null },
+        ],
+        keys: () => keys,
+        graceUntil: () => config.inbound.graceUntil,
+        hostname: () => config.hostname,
+      },
+    }); // status page (issue 13): end
   }
 
   // Learn the next hops' extensions at start (a failure here only means defaults are advertised).
@@ -264,7 +284,7 @@ export async function startProxy(initial: Config, opts: ProxyOptions = {}): Prom
       const c = next ?? config;
       // Build everything first; swap only when all of it is valid.
       const loaded = await readKeyring(c, { ...opts, createKeys: false }, clock, log);
-      const newAuth = createAuth(c.outbound.usersFile ? await loadUsers(c.outbound.usersFile) : null, clock);
+      const newAuth = createAuth(c.outbound.usersFile ? await loadUsers(c.outbound.usersFile) : null, clock, undefined, shared); // issue 12
       const changed: string[] = [];
       const before = new Set(await Promise.all(keys.map(async (k) => `${k.num}:${k.status}:${await thumbprint(k.secret)}`)));
       const after = new Set(await Promise.all(loaded.keys.map(async (k) => `${k.num}:${k.status}:${await thumbprint(k.secret)}`)));
@@ -274,7 +294,7 @@ export async function startProxy(initial: Config, opts: ProxyOptions = {}): Prom
       ring = loaded.ring;
       keys = loaded.keys;
       if (c !== config) {
-        if (configText(c.inbound.limits) !== configText(config.inbound.limits)) limits = new AbuseLimits(c.inbound.limits, clock);
+        if (configText(c.inbound.limits) !== configText(config.inbound.limits)) limits = createLimits(c.inbound.limits, clock, shared);
         if (configText(c.inbound.dnsbl) !== configText(config.inbound.dnsbl)) { dnsbl?.close(); dnsbl = makeDnsbl(c); }
         config = c;
       }
@@ -310,6 +330,7 @@ export async function startProxy(initial: Config, opts: ProxyOptions = {}): Prom
       clearInterval(timer);
       await pool.close();
       dnsbl?.close();
+      await shared?.close(); // issue 12
       await Promise.all([captures.outbox?.close(), captures.inbox?.close(), metricsServer?.close()]);
     },
   };

@@ -15,7 +15,9 @@ import type { TagKeyring } from './tags/keyring.js';
 import type { Auth } from './auth.js';
 import { passThrough, passThroughText, replyLine, NextHopError, type Reply } from './smtp/client.js';
 import { HeaderRewriter, protocolName, receivedHeader } from './smtp/headers.js';
-import { bodyFrom, SizeLimit, type ListenerOptions } from './smtp/listener.js';
+import { inNetworks } from './net/cidr.js';
+import { isSmtpReply } from './reply.js';
+import { bodyFrom, ClientLeft, SizeLimit, type ListenerOptions } from './smtp/listener.js';
 import { RelayLink, type HopAddress, type NextHopPool } from './smtp/relay.js';
 import { formatPath } from './tags/address.js';
 import { replies } from './policy/replies.js';
@@ -217,7 +219,10 @@ export async function relayData(ctx: RoleContext, link: RelayLink, txn: Transact
     ...(txn.accepted === 1 ? { recipient: txn.rcpts.find((r) => r.reply?.startsWith('2'))?.to ?? txn.rcpts[0]!.to } : {}),
     nowMs: ctx.clock.now(),
   });
-  const size = new SizeLimit(config.limits.maxMessageBytes);
+  // limits.bareLineEnds: "reject" refuses bare CR/LF and NUL unless the client is exempt; otherwise the
+  // next-hop encoder normalises them (docs/smuggling.md).
+  const refuseBare = config.limits.bareLineEnds === 'reject' && !inNetworks(session.remoteAddress, config.limits.bareLineEndsExempt);
+  const size = new SizeLimit(config.limits.maxMessageBytes, refuseBare ? replies.bareLineEnd() : null);
   const stages = [size, ...(opts.taps ?? []), new HeaderRewriter(Buffer.from(received + opts.extraHeaders, 'utf8'), opts.strip)];
   // A stage failing (size, header limit, client gone) aborts the next-hop session at once, whatever the
   // relay is waiting for, so a message cut short is never terminated; the client gets the stage's reply.
@@ -229,7 +234,10 @@ export async function relayData(ctx: RoleContext, link: RelayLink, txn: Transact
     drain();
     txn.fields.size = size.bytes;
     const cause = failure() ?? e;
-    ctx.finishTransaction(txn, cause instanceof NextHopError ? 'nexthop-failed' : 'aborted');
+    // A stage that refused the message (size, header, bare line ends) is a refusal the client hears.
+    const refused = isSmtpReply(cause) && !(cause instanceof ClientLeft);
+    if (refused) txn.fields.data_reply = cause.line;
+    ctx.finishTransaction(txn, cause instanceof NextHopError ? 'nexthop-failed' : cause instanceof ClientLeft ? 'client-left' : refused ? 'data-refused' : 'aborted');
     throw cause;
   }
   txn.fields.size = size.bytes;

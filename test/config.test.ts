@@ -73,8 +73,8 @@ describe('parseConfig() defaults', () => {
       .toEqual({ listen: '127.0.0.1:2526', mailbox: null, captureDir: 'mail/inbox', untaggedBounces: 'classify', graceUntil: null });
     expect(c.tls).toEqual({ key: null, cert: null });
     expect(c.relayAuth).toBe(null);
-    expect(c.timeouts).toEqual({ connectMs: 10_000, greetingMs: 30_000, commandMs: 60_000, dataMs: 600_000, clientIdleMs: 660_000 });
-    expect(c.metrics).toEqual({ listen: null });
+    expect(c.timeouts).toEqual({ connectMs: 10_000, greetingMs: 30_000, commandMs: 60_000, dataMs: 600_000, clientIdleMs: 660_000, clientDataMs: 3_600_000, dataGraceMs: 60_000 });
+    expect(c.metrics).toEqual({ listen: '127.0.0.1:9425', token: null, tokenFile: null, usersFile: null });
   });
 
   it('parses DESIGN §5\'s example under its names', () => {
@@ -120,10 +120,10 @@ describe('parseConfig() refuses bad settings', () => {
       'outbound.allowNetworks: "nope" is not an address or address/bits range',
       'tls: set both key and cert, or neither',
       'timeouts.clientIdleMs: 600000 must be above timeouts.dataMs (600000) so the next hop\'s answer reaches the client first',
+      'limits.maxClients: must be a whole number from 1 to 100000',
       'batv.maxAgeDays: must be a whole number from 0 to 100',
       'outbound.listen: "localhost" must be host:port, e.g. 127.0.0.1:2525 or [::1]:2525',
       'outbound.relay: "http://relay.example" must start with smtp:// or smtps://',
-      'limits.maxClients: must be a whole number from 1 to 100000',
     ];
     expect(e.problems).toEqual(expected);
     expect(e.message).toBe(`Invalid configuration:\n${expected.map((p) => `  - ${p}`).join('\n')}`);

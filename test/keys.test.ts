@@ -9,10 +9,11 @@ import path from 'node:path';
 import { calculateJwkThumbprint } from 'jose';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
-  generateSecret, importSecrets, initKeys, KeyringError, keyringPath, loadKeyring, parsePostsrsdSecrets, readKeys, retire, rotate, thumbprint,
-  writeKeys, type StoredKey,
+  generateSecret, importSecrets, initKeys, KeyringError, keyringPath, keyScheduleWarnings, loadKeyring, parsePostsrsdSecrets, readKeys, retire,
+  rotate, settle, signingKeyAt, thumbprint, writeKeys, type StoredKey,
 } from '../src/keys.js';
 import { MS_PER_DAY } from '../src/clock.js';
+import { batvSign, batvVerify } from '../src/tags/batv.js';
 
 const enc = (s: string): Uint8Array => new TextEncoder().encode(s);
 const T0 = Date.parse('2026-01-01T00:00:00Z');
@@ -70,6 +71,71 @@ describe('rotate()', () => {
   it('refuses when all ten numbers are in use, saying to retire', () => {
     const keys = Array.from({ length: 10 }, (_, i): StoredKey => (i === 9 ? active(i, `s${i}`) : verifying(i, `s${i}`, ISO0)));
     expect(keyringErrorOf(() => rotate(keys, T0, enc('new'))).message).toBe('All ten key numbers 0-9 are in use; retire old keys first with "batv-proxy keys retire"');
+  });
+});
+
+describe('scheduled activation (rotate with activateAtMs)', () => {
+  const AT = T0 + 2 * MS_PER_DAY;
+  let tmp: string;
+  beforeEach(() => { tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'batv-keys-sched-')); });
+  afterEach(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+  it('adds a scheduled key that verifies at once; the old key signs until the instant and the new one from it', async () => {
+    const r = rotate([active(0, 'old')], T0 + MS_PER_DAY, enc('new'), AT);
+    expect(r.added).toEqual({ num: 1, secret: enc('new'), status: 'scheduled', created: iso(T0 + MS_PER_DAY), activateAt: iso(AT) });
+    expect(r.keys.map((k) => [k.num, k.status])).toEqual([[0, 'active'], [1, 'scheduled']]);
+    const dir = path.join(tmp, 'keys');
+    await writeKeys(dir, r.keys);
+    const raw = JSON.parse(fs.readFileSync(keyringPath(dir), 'utf8')) as { keys: Record<string, unknown>[] };
+    expect(raw.keys[1]).toMatchObject({ kid: '1', status: 'scheduled', activate_at: iso(AT) });
+    const { keys, ring } = await loadKeyring(dir);
+    expect(keys).toEqual(r.keys);
+    expect(ring.signingAt(AT - 1).num).toBe(0);
+    expect(ring.signingAt(AT).num).toBe(1);
+    expect(ring.signing.num).toBe(0);
+    // A tag the new key makes at the instant verifies, and so does one the old key made just before it.
+    const before = batvSign('alice@example.com', ring.signingAt(AT - 1), AT - 1);
+    const after = batvSign('alice@example.com', ring.signingAt(AT), AT);
+    if (before.kind !== 'signed' || after.kind !== 'signed') throw new Error('unsigned');
+    expect([before.address.slice(0, 6), after.address.slice(0, 6)]).toEqual(['prvs=0', 'prvs=1']);
+    for (const a of [before.address, after.address]) expect(batvVerify(a, ring, AT, 7).kind).toBe('valid');
+  });
+
+  it('settle() records a due key as active and its predecessor as verify, demoted at the instant; an early one stays scheduled', () => {
+    const keys = rotate([active(0, 'old')], T0, enc('new'), AT).keys;
+    expect(settle(keys, AT - 1)).toEqual(keys);
+    expect(settle(keys, AT)).toEqual([verifying(0, 'old', iso(AT)), { num: 1, secret: enc('new'), status: 'active', created: ISO0 }]);
+    expect(signingKeyAt(keys, AT)?.num).toBe(1);
+    expect(retire(keys, AT + 30 * MS_PER_DAY, 22).removed.map((k) => k.num)).toEqual([0]);
+  });
+
+  it('an activation not later than now is an ordinary rotation', () => {
+    expect(rotate([active(0, 'old')], AT, enc('new'), AT).keys.map((k) => [k.num, k.status])).toEqual([[0, 'verify'], [1, 'active']]);
+  });
+
+  it('refuses a scheduled key without activate_at', async () => {
+    const dir = path.join(tmp, 'keys');
+    fs.mkdirSync(dir, { mode: 0o700 });
+    fs.writeFileSync(keyringPath(dir), JSON.stringify({ keys: [
+      { kty: 'oct', kid: '0', k: 'YQ', status: 'active', created: ISO0 },
+      { kty: 'oct', kid: '1', k: 'Yg', status: 'scheduled', created: ISO0 },
+    ] }), { mode: 0o600 });
+    expect((await rejection(readKeys(dir))).message).toBe(`${keyringPath(dir)}: keys[1] is scheduled but has activate_at undefined, not an ISO 8601 date`);
+  });
+
+  it('keyScheduleWarnings(): an old signing key, and a scheduled key due within the distribution window', () => {
+    const opts = { maxAgeDays: 90, windowMs: 3_600_000 };
+    expect(keyScheduleWarnings([active(0, 'a')], T0 + 90 * MS_PER_DAY, opts)).toEqual([]);
+    expect(keyScheduleWarnings([active(0, 'a')], T0 + 91 * MS_PER_DAY, opts)).toEqual([
+      'signing key 0 has signed for 91 days (over 90): schedule a new one with "batv-proxy keys rotate --activate-at ..."',
+    ]);
+    const keys = rotate([active(0, 'a')], T0, enc('b'), AT).keys;
+    expect(keyScheduleWarnings(keys, AT - 3_600_001, opts)).toEqual([]);
+    expect(keyScheduleWarnings(keys, AT - 1_800_000, opts)).toEqual([
+      `key 1 starts signing at ${iso(AT)}, in 30 min: make sure every replica has this keyring file before then`,
+    ]);
+    // Once due, the new key's age counts from its activation, not its creation.
+    expect(keyScheduleWarnings(keys, AT + 90 * MS_PER_DAY, opts)).toEqual([]);
   });
 });
 
@@ -211,9 +277,9 @@ describe('readKeys() refusals', () => {
     }
   });
 
-  it('a status other than active or verify', async () => {
+  it('a status other than active, verify or scheduled', async () => {
     put({ keys: [jwk('0', 'a'), jwk('1', 'b', 'retired')] });
-    expect((await rejection(readKeys(dir))).message).toBe(`${file}: keys[1] has status "retired"; it must be "active" or "verify"`);
+    expect((await rejection(readKeys(dir))).message).toBe(`${file}: keys[1] has status "retired"; it must be "active", "verify" or "scheduled"`);
   });
 
   it('two active keys, or none', async () => {

@@ -6,7 +6,7 @@
 import { promises as fs } from 'node:fs';
 import net from 'node:net';
 import { loadConfig, parseListen, type Config, type NextHop } from '../config.js';
-import { readKeys, retire, keyringPath } from '../keys.js';
+import { readKeys, retire, keyringPath, keyScheduleWarnings, KEY_SCHEDULE_DEFAULTS } from '../keys.js';
 import { loadUsers } from '../auth.js';
 import { connectNextHop } from '../smtp/client.js';
 import { MS_PER_DAY } from '../clock.js';
@@ -22,7 +22,7 @@ export async function listenProblems(config: Config, allowOurs: boolean): Promis
   const out: string[] = [];
   for (const [name, addr] of [['outbound.listen', config.outbound.listen], ['inbound.listen', config.inbound.listen], ['metrics.listen', config.metrics.listen]] as const) {
     if (!addr || addr.endsWith(':0')) continue;
-    const st = await portState(addr);
+    const st = await portState(addr, name === 'metrics.listen');
     if (st === 'free' || (st === 'ours' && allowOurs)) continue;
     out.push(`${name}: ${addr} ${st === 'ours' ? 'is already served by a running batv-proxy' : st}`);
   }
@@ -30,7 +30,7 @@ export async function listenProblems(config: Config, allowOurs: boolean): Promis
 }
 
 /** Whether a listen address is free; if taken, whether a batv-proxy answers there. */
-async function portState(addr: string): Promise<'free' | 'ours' | string> {
+async function portState(addr: string, http = false): Promise<'free' | 'ours' | string> {
   const l = parseListen(addr);
   if (typeof l === 'string') return l;
   const bound = await new Promise<string | null>((resolve) => {
@@ -40,12 +40,16 @@ async function portState(addr: string): Promise<'free' | 'ours' | string> {
   });
   if (bound === null) return 'free';
   if (bound !== 'EADDRINUSE') return `cannot bind: ${bound}`;
+  // An SMTP listener greets first; the metrics listener (`http`) answers a request. A batv-proxy names
+  // itself in its banner and in its HTTP Server header.
   const banner = await new Promise<string>((resolve) => {
     const c = net.connect(l.port, l.host);
     const t = setTimeout(() => { c.destroy(); resolve(''); }, 1500);
-    c.once('data', (d) => { clearTimeout(t); c.end('QUIT\r\n'); resolve(d.toString()); });
+    if (http) c.write(`HEAD /healthz HTTP/1.0\r\nHost: ${l.host}\r\n\r\n`);
+    c.once('data', (d) => { clearTimeout(t); if (d.toString().startsWith('HTTP/')) c.end(); else c.end('QUIT\r\n'); resolve(d.toString()); });
     c.once('error', () => { clearTimeout(t); resolve(''); });
   });
+  if (/^HTTP\/[\d.]+ /.test(banner)) return /^server: batv-proxy\r?$/im.test(banner) ? 'ours' : `in use by another program (${banner.split('\r\n')[0]!.slice(0, 60)})`;
   return banner.includes('batv-proxy') ? 'ours' : `in use by another program${banner ? ` (${banner.trim().slice(0, 60)})` : ''}`;
 }
 
@@ -87,6 +91,7 @@ export const doctorVerb: Verb = {
       if (ageDays > 365) lines.push(['warn', `keys: the signing key is over a year old; rotate with "batv-proxy keys rotate"`]);
       const retirable = retire(keys, now, Math.max(config.batv.maxAgeDays, config.srs.maxAgeDays) + 1).removed;
       if (retirable.length) lines.push(['warn', `keys: keys ${retirable.map((k) => k.num).join(', ')} no longer verify any live tag; remove them with "batv-proxy keys retire"`]);
+      for (const w of keyScheduleWarnings(keys, now, KEY_SCHEDULE_DEFAULTS)) lines.push(['warn', `keys: ${w}`]); // issue 12: key schedule
     } catch (e) {
       lines.push(['FAIL', `keys: ${(e as Error).message}`]);
     }
@@ -96,7 +101,7 @@ export const doctorVerb: Verb = {
       : ['FAIL', `clock: ${new Date(now).toISOString()} is not a plausible date; fix the system clock`]);
     for (const [name, addr] of [['outbound.listen', config.outbound.listen], ['inbound.listen', config.inbound.listen], ['metrics.listen', config.metrics.listen]] as const) {
       if (!addr) continue;
-      const st = await portState(addr);
+      const st = await portState(addr, name === 'metrics.listen');
       lines.push(st === 'free' ? ['ok', `${name}: ${addr} is free`] : st === 'ours' ? ['ok', `${name}: ${addr} is served by a running batv-proxy`] : ['FAIL', `${name}: ${addr} ${st}`]);
     }
     for (const [name, f] of [['tls.key', config.tls.key], ['tls.cert', config.tls.cert]] as const) {

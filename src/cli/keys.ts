@@ -6,7 +6,7 @@
 import { promises as fs } from 'node:fs';
 import { configFor } from './tags.js';
 import {
-  importSecrets, initKeys, KeyringError, keyringPath, parsePostsrsdSecrets, readKeys, retire, rotate, thumbprint, writeKeys,
+  importSecrets, initKeys, KeyringError, keyringPath, parsePostsrsdSecrets, readKeys, retire, rotate, settle, thumbprint, writeKeys,
   type StoredKey,
 } from '../keys.js';
 import { MS_PER_DAY } from '../clock.js';
@@ -21,11 +21,16 @@ async function dirAndAges(values: Record<string, unknown>, io: Io): Promise<{ di
   return { dir, verifyDays };
 }
 
-async function describe(k: StoredKey, nowMs: number, verifyDays: number): Promise<string> {
-  const role = k.status === 'active' ? 'active (signs)' : `verify-only${k.demoted ? `, retire after ${new Date(Date.parse(k.demoted) + verifyDays * MS_PER_DAY).toISOString().slice(0, 10)}` : ''}`;
+/** One row of `keys list`, for the keys as they stand at `nowMs` (a scheduled key whose time has come signs). */
+async function describe(k: StoredKey, nowMs: number, verifyDays: number): Promise<string[]> {
+  const role = k.status === 'active' ? 'active (signs)'
+    : k.status === 'scheduled' ? `scheduled, signs from ${k.activateAt}`
+    : `verify-only${k.demoted ? `, retire after ${new Date(Date.parse(k.demoted) + verifyDays * MS_PER_DAY).toISOString().slice(0, 10)}` : ''}`;
   const age = k.created ? `${Math.floor((nowMs - Date.parse(k.created)) / MS_PER_DAY)}d` : '?';
-  return `${k.num}\t${k.created || '-'}\t${age}\t${role}${k.origin ? `\t(imported from ${k.origin})` : ''}\t${await thumbprint(k.secret)}`;
+  return [String(k.num), k.created || '-', age, `${role}${k.origin ? ` (imported from ${k.origin})` : ''}`, await thumbprint(k.secret)];
 }
+
+const ORDER: Record<StoredKey['status'], number> = { active: 0, scheduled: 1, verify: 2 };
 
 const common = { dir: { type: 'string' }, config: { type: 'string' }, now: { type: 'string' } } as const;
 
@@ -45,6 +50,7 @@ export const keysVerb: Verb = {
     'keys init [--dir DIR]              create a keyring with one fresh signing key (number 0)',
     'keys list [--dir DIR]              number, created, age, role and RFC 7638 thumbprint of each key',
     'keys rotate [--dir DIR]            add a fresh key that signs at once; the old one keeps verifying',
+    'keys rotate --activate-at ISO8601  add a key that verifies at once and signs from that instant on every replica',
     'keys retire [--dir DIR]            remove verify-only keys whose tags can no longer be valid',
     'keys import --postsrsd FILE [--activate]       add the secrets of a postsrsd secrets file',
     'keys import --exim-secret S --keynum K [--activate]   add an exim prvs secret under its key number',
@@ -58,6 +64,7 @@ export const keysVerb: Verb = {
     keynum: { type: 'string' },
     activate: { type: 'boolean' },
     'show-secret': { type: 'boolean' },
+    'activate-at': { type: 'string' },
   },
   positionals: { min: 1, max: 1 },
   async run(values, [action], io) {
@@ -74,23 +81,33 @@ export const keysVerb: Verb = {
         }, io);
       case 'list':
         return guard(async () => {
-          const keys = await readKeys(dir);
-          io.out('num\tcreated\tage\trole\tthumbprint\n');
-          for (const k of [...keys].sort((a, b) => (a.status === 'active' ? -1 : b.status === 'active' ? 1 : a.num - b.num))) io.out(`${await describe(k, now, verifyDays)}\n`);
+          const keys = settle(await readKeys(dir), now);
+          const sorted = [...keys].sort((a, b) => ORDER[a.status] - ORDER[b.status] || a.num - b.num);
+          const rows = [['num', 'created', 'age', 'role', 'thumbprint']];
+          for (const k of sorted) rows.push(await describe(k, now, verifyDays));
+          io.out(rows.map((r) => `${r.join('\t')}\n`).join(''));
           return EXIT_OK;
         }, io);
       case 'rotate':
         return guard(async () => {
-          const r = rotate(await readKeys(dir), now);
+          const at = values['activate-at'] as string | undefined;
+          const atMs = at === undefined ? undefined : Date.parse(at);
+          if (at !== undefined && (!/^\d{4}-\d\d-\d\dT/.test(at) || Number.isNaN(atMs))) throw new UsageError(`--activate-at: "${at}" is not an ISO 8601 time such as 2026-12-01T06:00:00Z`);
+          const r = rotate(await readKeys(dir), now, undefined, atMs);
           await writeKeys(dir, r.keys);
-          io.out(`Key ${r.added.num} (${await thumbprint(r.added.secret)}) signs from now on; older keys keep verifying for ${verifyDays} days, then "keys retire" removes them\n`);
+          io.out(r.added.status === 'scheduled'
+            ? `Key ${r.added.num} (${await thumbprint(r.added.secret)}) verifies from now on and signs from ${r.added.activateAt}; copy ${keyringPath(dir)} to every replica before then\n`
+            : `Key ${r.added.num} (${await thumbprint(r.added.secret)}) signs from now on; older keys keep verifying for ${verifyDays} days, then "keys retire" removes them\n`);
           show(r.added);
           return EXIT_OK;
         }, io);
       case 'retire':
         return guard(async () => {
-          const r = retire(await readKeys(dir), now, verifyDays);
-          if (r.removed.length) await writeKeys(dir, r.keys);
+          const before = await readKeys(dir);
+          const r = retire(before, now, verifyDays);
+          // A scheduled key whose instant has passed is written down as active (and its predecessor as verify).
+          const settled = before.some((k) => k.status === 'scheduled' && !r.keys.some((x) => x.num === k.num && x.status === 'scheduled'));
+          if (r.removed.length || settled) await writeKeys(dir, r.keys);
           io.out(r.removed.length ? `Retired keys ${r.removed.map((k) => k.num).join(', ')}\n` : 'No key is ready to retire\n');
           return EXIT_OK;
         }, io);
@@ -107,7 +124,7 @@ export const keysVerb: Verb = {
             try { text = await fs.readFile(postsrsd); } catch (e) { throw new KeyringError(`Cannot read ${postsrsd}: ${(e as Error).message}`); }
             secrets = parsePostsrsdSecrets(text);
           } else secrets = [utf8(exim!)];
-          const existing = await readKeys(dir).catch((e: unknown) => {
+          const existing = await readKeys(dir).then((ks) => settle(ks, now), (e: unknown) => {
             if (e instanceof KeyringError && e.message.startsWith('No keyring')) return [] as StoredKey[];
             throw e;
           });

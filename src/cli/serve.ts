@@ -2,7 +2,9 @@
  * `serve` (run the proxy) and `check-config` (validate and print the effective config, secrets hidden).
  */
 import { watch } from 'node:fs';
-import { ConfigError, loadConfig, redacted, type Config } from '../config.js';
+import path from 'node:path';
+import type { DestinationStream } from 'pino';
+import { ConfigError, DEFAULTS, loadConfig, parseListen, redacted, type Config } from '../config.js';
 import { listenProblems } from './doctor.js';
 import { createLogger } from '../log.js';
 import { startProxy } from '../proxy.js';
@@ -23,17 +25,107 @@ async function checkedConfig(file: string | null, io: Io, allowOurs: boolean): P
   return config;
 }
 
+interface Address { readonly host: string; readonly port: number }
+
+/** What the start-up summary says: the listeners as they are bound, and where mail goes. */
+export interface SummaryInput {
+  readonly config: Config;
+  readonly outbound: Address;
+  readonly inbound: Address;
+  readonly metrics: Address | null;
+  /** Capture folders in use (no next hop configured), else null. */
+  readonly outbox: string | null;
+  readonly inbox: string | null;
+  /** For showing capture folders as absolute paths. */
+  readonly cwd: string;
+}
+
+const isWildcard = (host: string) => host === '0.0.0.0' || host === '::';
+/** host:port to connect to (a wildcard listener is reached on loopback). */
+function reach(a: Address): { host: string; hostPort: string } {
+  const host = a.host === '::' ? '::1' : isWildcard(a.host) ? '127.0.0.1' : a.host;
+  return { host, hostPort: host.includes(':') ? `[${host}]:${a.port}` : `${host}:${a.port}` };
+}
+const bound = (a: Address) => (a.host.includes(':') ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`);
+
+/**
+ * The few lines `serve` prints on a terminal before its JSON log lines: each listener, where its mail
+ * goes (the capture folder when no next hop is set), the status page and the first command to try.
+ */
+export function startupSummary(s: SummaryInput): string {
+  const c = s.config;
+  const pad = (label: string) => `  ${label.padEnd(10)}`;
+  const goes = (hop: string | null, dir: string | null, setting: string) => (dir !== null
+    ? `${path.resolve(s.cwd, dir)}/ (as .eml files; set ${setting} to relay instead)`
+    : hop ?? '');
+  const out = reach(s.outbound);
+  const swaks = out.host.includes(':') ? `swaks --server ${out.host} --port ${s.outbound.port}` : `swaks --server ${out.hostPort}`;
+  const srs = c.srs.domain === null ? 'other senders pass unchanged (srs.domain is null)' : `other senders get SRS under ${c.srs.domain}`;
+  const lines = [
+    'batv-proxy is running.',
+    '',
+    `${pad('outbound')}${bound(s.outbound)}  senders of ${c.domains.join(', ')} get BATV tags; ${srs}`,
+    `${pad('')}mail goes to ${goes(c.outbound.relay?.url ?? null, s.outbox, 'outbound.relay')}`,
+    `${pad('inbound')}${bound(s.inbound)}  bounces for ${[...c.domains, ...(c.srs.domain ? [c.srs.domain] : [])].join(', ')}; forged ones are refused`,
+    `${pad('')}mail goes to ${goes(c.inbound.mailbox?.url ?? null, s.inbox, 'inbound.mailbox')}`,
+    s.metrics ? `${pad('status')}http://${reach(s.metrics).hostPort}/  (also /metrics, /healthz, /readyz)` : `${pad('status')}off (metrics.listen is null)`,
+    '',
+    `  Try:      ${swaks} --from alice@${c.domains[0] ?? 'example.com'} --to bob@example.net`,
+  ];
+  if (JSON.stringify(c.domains) === JSON.stringify(DEFAULTS.domains)) {
+    lines.push('', `  Note: domains is the example default (${DEFAULTS.domains.join(', ')}). Set domains (and srs.domain) to your own,`, '  or mail from your own domain gets SRS instead of BATV.');
+  }
+  return `${lines.join('\n')}\n\n`;
+}
+
+/** A warning when the status page (mail addresses) is reachable beyond loopback without credentials. */
+function exposedMetrics(c: Config): string | null {
+  if (c.metrics.listen === null || c.metrics.token !== null || c.metrics.tokenFile !== null || c.metrics.usersFile !== null) return null;
+  const l = parseListen(c.metrics.listen);
+  if (typeof l === 'string' || l.host === 'localhost' || /^127\.|^::1$/.test(l.host)) return null;
+  return `metrics.listen ${c.metrics.listen} is not loopback and has no metrics.token or metrics.usersFile: the status page shows mail addresses to whoever reaches it`;
+}
+
+/** Log lines held back until released (so the summary comes first on a terminal). */
+function heldStdout(): DestinationStream & { release(): void } {
+  let held: string[] | null = [];
+  return {
+    write(msg: string) {
+      if (held) held.push(msg);
+      else process.stdout.write(msg);
+    },
+    release() {
+      const lines = held ?? [];
+      held = null;
+      for (const l of lines) process.stdout.write(l);
+    },
+  };
+}
+
 export const serveVerb: Verb = {
   name: 'serve',
   synopsis: 'batv-proxy serve [--config FILE]',
-  help: 'Runs both listeners. With no config the embedded defaults apply: loopback listeners on 127.0.0.1:2525\n(outbound) and 127.0.0.1:2526 (inbound), a keyring created in keys/ if none exists, and messages captured as\n.eml files in mail/outbox and mail/inbox. BATV_PROXY_* environment variables override config settings.\nSIGHUP reloads config and keys; SIGTERM drains and exits.',
+  help: 'Runs both listeners. With no config the embedded defaults apply: loopback listeners on 127.0.0.1:2525\n(outbound) and 127.0.0.1:2526 (inbound), a keyring created in keys/ if none exists, and messages captured as\n.eml files in mail/outbox and mail/inbox, and the status page, /metrics and /healthz on 127.0.0.1:9425.\nOn a terminal a short summary comes before the JSON log lines. BATV_PROXY_* environment variables override\nconfig settings. SIGHUP reloads config and keys; SIGTERM drains and exits.',
   options: { config: { type: 'string' } },
   positionals: { min: 0, max: 0 },
   async run(values, _p, io) {
     const file = configFile(values, io);
     const config = await checkedConfig(file, io, false);
-    const log = createLogger(config.log.level);
-    const proxy = await startProxy(config, { log });
+    // On a terminal a summary in plain words comes first; piped or redirected, stdout stays JSON lines only.
+    const tty = process.stdout.isTTY === true ? heldStdout() : null;
+    const log = createLogger(config.log.level, tty ?? undefined);
+    let proxy;
+    try {
+      proxy = await startProxy(config, { log });
+      if (tty) process.stdout.write(startupSummary({
+        config, outbound: proxy.outbound, inbound: proxy.inbound, metrics: proxy.metricsAddress,
+        outbox: proxy.captures.outbox ? config.outbound.captureDir : null, inbox: proxy.captures.inbox ? config.inbound.captureDir : null, cwd: process.cwd(),
+      }));
+    } finally {
+      tty?.release();
+    }
+    const exposed = exposedMetrics(config);
+    if (exposed) log.warn(exposed);
     return new Promise<number>((resolve) => {
       let stopping = false;
       const stop = (signal: string) => {

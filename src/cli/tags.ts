@@ -27,15 +27,16 @@ export async function configFor(values: Record<string, unknown>, io: Io): Promis
 }
 
 /** The keyring from --secret (first signs) or from --dir / the config's keys.dir / keys/. */
-async function keyringFrom(values: Record<string, unknown>, io: Io, keynum?: number): Promise<TagKeyring> {
+async function keyringFrom(values: Record<string, unknown>, io: Io, nowMs: number, keynum?: number): Promise<TagKeyring> {
   const secrets = strings(values.secret);
   if (secrets.length > 0) return secretsKeyring(secrets, keynum ?? 0);
   const dir = (values.dir as string | undefined) ?? (await configFor(values, io))?.keys.dir ?? 'keys';
   const { ring } = await loadKeyring(dir);
-  if (keynum !== undefined && keynum !== ring.signing.num) {
+  if (keynum !== undefined && keynum !== ring.signingAt(nowMs).num) {
     const k = ring.byNum(keynum);
     if (!k) throw new UsageError(`--keynum: the keyring in ${dir} has no key ${keynum}`);
-    return makeKeyring([k, ...ring.verifying.filter((x) => x !== k)]);
+    // The chosen key signs whatever the schedule says: the others only verify.
+    return makeKeyring([k, ...ring.verifying.filter((x) => x !== k).map((x) => tagKey(x.num, x.secret))]);
   }
   return ring;
 }
@@ -53,7 +54,7 @@ export function secretsKeyring(secrets: readonly string[], keynum: number): TagK
     }
   });
   const first = keys[0]!;
-  return { signing: first, verifying: keys, byNum: (n) => keys.find((k) => k.num === n) };
+  return { signing: first, signingAt: () => first, verifying: keys, byNum: (n) => keys.find((k) => k.num === n) };
 }
 
 /** Refuses what is not an RFC 5321 mailbox (exit 1), as DESIGN §5 asks; the null sender is refused by the tag code. */
@@ -81,9 +82,9 @@ export const sign: Verb = {
   async run(values, [address], io) {
     const keynum = intFlag(values, 'keynum', 0, 9);
     const now = nowFrom(values, io);
-    const ring = await keyringFrom(values, io, keynum);
+    const ring = await keyringFrom(values, io, now, keynum);
     if (!checkAddress(address!, 'sign', io)) return EXIT_REFUSED;
-    const r = batvSign(address!, ring.signing, now);
+    const r = batvSign(address!, ring.signingAt(now), now);
     if (r.kind === 'refused') { io.err(`Cannot sign "${address}": ${r.message}\n`); return EXIT_REFUSED; }
     io.out(`${r.address}\n`);
     return EXIT_OK;
@@ -100,7 +101,7 @@ export const verify: Verb = {
     const maxAge = intFlag(values, 'max-age', 0, 999);
     const now = nowFrom(values, io);
     const secrets = strings(values.secret);
-    const ring = await keyringFrom(values, io);
+    const ring = await keyringFrom(values, io, now);
     const candidates = anyNumber(secrets, ring);
     const config = secrets.length ? null : await configFor(values, io);
     const age = maxAge ?? config?.batv.maxAgeDays ?? 7;
@@ -160,7 +161,7 @@ export const srsForwardVerb: Verb = {
   async run(values, [address], io) {
     const opts = await srsOptions(values, io);
     const now = nowFrom(values, io);
-    const ring = await keyringFrom(values, io);
+    const ring = await keyringFrom(values, io, now);
     if (!checkAddress(address!, 'rewrite', io)) return EXIT_REFUSED;
     const r = srsForward(address!, ring, opts, now);
     if (r.kind === 'refused') { io.err(`Cannot rewrite "${address}": ${r.message}\n`); return EXIT_REFUSED; }
@@ -178,7 +179,7 @@ export const srsReverseVerb: Verb = {
   async run(values, [address], io) {
     const opts = await srsOptions(values, io);
     const now = nowFrom(values, io);
-    const r = srsReverse(address!, await keyringFrom(values, io), opts, now);
+    const r = srsReverse(address!, await keyringFrom(values, io, now), opts, now);
     if (r.kind === 'valid') { io.out(`${r.original}\n`); return EXIT_OK; }
     io.err(`Cannot reverse "${address}": ${r.kind === 'not-tagged' ? 'not an SRS address' : r.message}\n`);
     return EXIT_REFUSED;

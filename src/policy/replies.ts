@@ -57,6 +57,14 @@ export const replies = {
   coolingOff: (ip: string) => new SmtpReply(421, '4.7.0', `Too many refused bounces from ${ip}; try again later`),
   /** Abuse limit: a valid tag replayed too often. */
   tagReplayed: (rcpt: string) => new SmtpReply(450, '4.7.1', `<${rcpt}>: too many bounces to this tagged address; try again later`),
+  /** limits.bareLineEnds "reject": a line end other than CRLF, or a NUL, in DATA (SMTP smuggling, docs/smuggling.md). */
+  bareLineEnd: () => new SmtpReply(550, '5.5.2', 'Message refused: bare CR or LF (or NUL) in the message; every line must end in CRLF (RFC 5321 2.3.8)'),
+  /** One client address holds limits.maxClientsPerIp connections already. */
+  tooManyFromClient: (ip: string) => new SmtpReply(421, '4.7.0', `Too many connections from ${ip}; try again later`),
+  /** The DATA phase took longer than timeouts.clientDataMs, or ran below limits.minDataRate after its grace. */
+  dataTooSlow: (why: string) => new SmtpReply(421, '4.4.2', `Message transfer too slow (${why}); closing connection`),
+  /** A MAIL/RCPT parameter the proxy does not relay. */
+  unknownParameter: (param: string) => new SmtpReply(555, '5.5.4', `Unsupported parameter ${param}`),
   tooManyRecipients: () => new SmtpReply(452, '4.5.3', 'Too many recipients'),
   headerTooLarge: () => new SmtpReply(552, '5.3.4', 'Message header too large'),
   internal: () => new SmtpReply(451, '4.3.0', 'Local error in processing; try again later'),

@@ -82,7 +82,7 @@ export function signSender(
     // "prvs=" + K DDD SSSSSS + "=" is 16 octets in front of the local part.
     const overlong = octets(local) + 16 > MAX_LOCAL_OCTETS;
     if (overlong && policy.overlong === 'skip') return { kind: 'unchanged', address: sender, reason: 'overlong' };
-    const r = batvSign(sender, keyring.signing, nowMs);
+    const r = batvSign(sender, keyring.signingAt(nowMs), nowMs);
     if (r.kind === 'already-tagged') return { kind: 'unchanged', address: sender, reason: 'already-tagged' };
     if (r.kind === 'refused') return { kind: 'unchanged', address: sender, reason: 'unsignable' };
     return { kind: 'rewritten', address: r.address, scheme: 'batv', keyNum: r.keyNum, overlong };
@@ -95,5 +95,5 @@ export function signSender(
   const newLocal = r.address.slice(0, r.address.lastIndexOf('@'));
   const overlong = octets(newLocal) > MAX_LOCAL_OCTETS;
   if (overlong && policy.overlong === 'skip') return { kind: 'unchanged', address: sender, reason: 'overlong' };
-  return { kind: 'rewritten', address: r.address, scheme: r.scheme === 'SRS0' ? 'srs0' : 'srs1', keyNum: keyring.signing.num, overlong };
+  return { kind: 'rewritten', address: r.address, scheme: r.scheme === 'SRS0' ? 'srs0' : 'srs1', keyNum: keyring.signingAt(nowMs).num, overlong };
 }

@@ -1,65 +1,92 @@
 /**
- * SMTP DATA transparency (RFC 5321 §4.5.2), sending side: the exact inverse of what smtp-server's
- * SMTPStream does to a message on the receiving side, so that the bytes a listener hands the proxy reach
- * the next hop unchanged.
+ * SMTP DATA transparency (RFC 5321 §4.5.2), sending side, and the line-end policy against SMTP smuggling
+ * (CVE-2023-51764/51765/51766; docs/smuggling.md).
  *
  * What smtp-server 3.21 yields from its onData stream (lib/smtp-stream.js, `_feedDataStream`):
  *   - every byte between the 354 reply and the terminating CR LF "." CR LF, without normalising anything:
  *     bare LF, bare CR, NUL and 8-bit bytes pass as they are;
  *   - the CR LF in front of the terminating "." is kept, so a message ends with CR LF (or is empty);
- *   - only CR LF "." CR LF ends the data ("\n.\n", "\r\n.\n" and "\n.\r\n" are content);
+ *   - only CR LF "." CR LF ends the data ("\n.\n", "\r.\r", "\r\n.\n" and "\n.\r\n" are content);
  *   - a "." at the start of the data or right after any LF (CR LF or bare LF) is removed when another
- *     "." follows it; a lone leading dot (".x") is kept, not removed as RFC 5321 would;
- *   - quirk: its scan starts at offset 2, so data that begins with a bare LF and ".." keeps both dots.
+ *     "." follows it; a lone leading dot (".x") is kept, not removed as RFC 5321 would.
  *
- * So the sender doubles every "." at the start of the data or after any LF. Stuffing after a bare LF as
- * well is what keeps "\n.\r\n" from reading as end-of-data at a next hop that ends lines at a bare LF
- * (SMTP smuggling). The one message this does not carry byte-identically to an smtp-server next hop is
- * one whose first byte is a bare LF followed by "."; it gains a dot (the receiver's quirk above).
+ * Receivers disagree about what ends a line: CRLF only (RFC 5321), a bare LF too, a bare CR too, and
+ * some drop NUL bytes before they look. A body that is one message for the proxy must be one message for
+ * every one of them, so the encoder sends only lines ending in CR LF (as Postfix 3.9 does with
+ * smtpd_forbid_bare_newline = normalize):
+ *   - a bare CR and a bare LF each become CR LF;
+ *   - a NUL is dropped (RFC 5321 allows none in DATA; a receiver that drops it would otherwise see the
+ *     "." after it at the start of a line);
+ *   - a "." at the start of a line (of the normalised text) is doubled.
+ * A body that already has only CR LF line ends and no NUL goes out byte for byte apart from the dots.
  */
 import type { Readable, Writable } from 'node:stream';
 
 const LF = 0x0a;
 const CR = 0x0d;
 const DOT = 0x2e;
+const NUL = 0x00;
 const END_AFTER_CRLF = Buffer.from('.\r\n');
 const END_WITH_CRLF = Buffer.from('\r\n.\r\n');
 
 /**
- * Dot-stuffs a message body chunk by chunk, carrying the line-start state across chunk boundaries
- * (a "." opening a chunk after one that ended in LF, a CR LF split between chunks). Scans for LF with
- * `indexOf`; a chunk without a line-leading dot is returned as it is, without copying, and one with dots
- * is copied once into a buffer of exactly the stuffed size.
+ * True when `chunk` has a bare CR, a bare LF or a NUL. `afterCR`: the byte before the chunk was a CR (a
+ * CR LF split between chunks). A CR as the chunk's last byte counts as bare only once the next chunk
+ * shows it (pass `chunk[last] === CR` as `afterCR` then).
+ */
+export function hasBareLineEnd(chunk: Buffer, afterCR: boolean): boolean {
+  const len = chunk.length;
+  if (len === 0) return false;
+  if (afterCR && chunk[0] !== LF) return true;
+  if (chunk.indexOf(NUL) !== -1) return true;
+  for (let i = chunk.indexOf(LF); i !== -1; i = chunk.indexOf(LF, i + 1)) {
+    if (i === 0 ? !afterCR : chunk[i - 1] !== CR) return true;
+  }
+  for (let i = chunk.indexOf(CR); i !== -1 && i < len - 1; i = chunk.indexOf(CR, i + 1)) {
+    if (chunk[i + 1] !== LF) return true;
+  }
+  return false;
+}
+
+/**
+ * Encodes a message body chunk by chunk: line ends normalised to CR LF, NUL dropped, line-leading dots
+ * doubled, with the state carried across chunk boundaries (a CR LF split between chunks, a "." opening a
+ * chunk). Scans with `indexOf`; a chunk that needs no change is returned as it is, without copying; one
+ * with only dots to stuff is copied once; anything else goes through a byte loop.
  *
  * @example
  *   const s = new DotStuffer();
  *   socket.write(s.push(Buffer.from('a\r\n.')));   // "a\r\n.."
- *   socket.write(s.push(Buffer.from('b\r\n')));    // "b\r\n"
+ *   socket.write(s.push(Buffer.from('b\r.\r\n'))); // "b\r\n..\r\n"
  *   socket.write(s.end());                         // ".\r\n"
  */
 export class DotStuffer {
-  private lastByte = -1;
-  private secondLastByte = -1;
+  /** The last byte pushed was a CR whose LF is still to come (or to be added). */
+  private pendingCR = false;
+  /** The next byte out starts a line (at the start of the body, or after CR LF). */
+  private lineStart = true;
   private bodyBytesIn = 0;
 
-  /** Body bytes pushed so far, before stuffing. */
+  /** Body bytes pushed so far, before encoding. */
   get bodyBytes(): number {
     return this.bodyBytesIn;
   }
 
-  /** Returns the chunk with every line-leading "." doubled. Never mutates `chunk`. */
+  /** Returns the encoded chunk. Never mutates `chunk`. */
   push(chunk: Buffer): Buffer {
     const len = chunk.length;
     if (len === 0) return chunk;
-    // offsets in `chunk` that get a "." inserted before them; a one-byte indexOf is a memchr
+    this.bodyBytesIn += len;
+    if (hasBareLineEnd(chunk, this.pendingCR)) return this.slow(chunk);
+    // Only CR LF line ends (a CR at the very end has its LF in the next chunk): stuff dots after LF.
     const at: number[] = [];
-    if (chunk[0] === DOT && (this.lastByte === LF || this.bodyBytesIn === 0)) at.push(0);
+    if (chunk[0] === DOT && this.lineStart) at.push(0);
     for (let i = chunk.indexOf(LF); i !== -1 && i < len - 1; i = chunk.indexOf(LF, i + 1)) {
       if (chunk[i + 1] === DOT) at.push(i + 1);
     }
-    this.secondLastByte = len >= 2 ? (chunk[len - 2] as number) : this.lastByte;
-    this.lastByte = chunk[len - 1] as number;
-    this.bodyBytesIn += len;
+    const last = chunk[len - 1] as number;
+    this.pendingCR = last === CR;
+    this.lineStart = last === LF;
     if (at.length === 0) return chunk;
     const out = Buffer.allocUnsafe(len + at.length);
     let from = 0;
@@ -73,13 +100,51 @@ export class DotStuffer {
     return out;
   }
 
+  /** The byte loop for a chunk with a bare CR, a bare LF or a NUL (at most two bytes out per byte in). */
+  private slow(chunk: Buffer): Buffer {
+    const out = Buffer.allocUnsafe(chunk.length * 2 + 1);
+    let pos = 0;
+    let { pendingCR, lineStart } = this;
+    for (let i = 0; i < chunk.length; i++) {
+      const b = chunk[i] as number;
+      if (pendingCR) {
+        pendingCR = false;
+        out[pos++] = LF;
+        lineStart = true;
+        if (b === LF) continue;
+      }
+      if (b === CR) {
+        out[pos++] = CR;
+        pendingCR = true;
+        lineStart = false;
+      } else if (b === LF) {
+        out[pos++] = CR;
+        out[pos++] = LF;
+        lineStart = true;
+      } else if (b === NUL) {
+        // dropped; the line-start state is unchanged
+      } else {
+        if (b === DOT && lineStart) out[pos++] = DOT;
+        out[pos++] = b;
+        lineStart = false;
+      }
+    }
+    this.pendingCR = pendingCR;
+    this.lineStart = lineStart;
+    return out.subarray(0, pos);
+  }
+
   /**
    * The end-of-data bytes: "." CR LF after a body that ended in CR LF (or was empty: smtp-server yields
-   * an empty body for a bare terminator), else CR LF "." CR LF.
+   * an empty body for a bare terminator), else CR LF "." CR LF; a trailing bare CR gets its LF first.
    */
   end(): Buffer {
-    const endsWithCrlf = this.secondLastByte === CR && this.lastByte === LF;
-    return this.bodyBytesIn === 0 || endsWithCrlf ? END_AFTER_CRLF : END_WITH_CRLF;
+    if (this.pendingCR) {
+      this.pendingCR = false;
+      this.lineStart = true;
+      return Buffer.from('\n.\r\n');
+    }
+    return this.lineStart ? END_AFTER_CRLF : END_WITH_CRLF;
   }
 }
 

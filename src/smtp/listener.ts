@@ -7,7 +7,8 @@ import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
 import { SmtpReply, isSmtpReply } from '../reply.js';
 import { NextHopError } from './client.js';
-import { installRawCommandCapture } from './raw-command.js';
+import { installConnectionHooks } from './internals.js';
+import { hasBareLineEnd } from './dotstuff.js';
 
 export interface ListenerOptions {
   readonly name: string;
@@ -26,12 +27,15 @@ export interface ListenerOptions {
 
 /** Creates the server (not listening yet); `hooks` are smtp-server's on* handlers. */
 export function createListener(opts: ListenerOptions, hooks: Partial<SMTPServerOptions>): SMTPServer {
-  installRawCommandCapture();
+  installConnectionHooks();
   return new SMTPServer({
     name: opts.name,
     banner: 'batv-proxy',
     logger: false,
     disableReverseLookup: true,
+    // A client's FIN ends only its side: replies it is still owed are written, then we close
+    // (src/smtp/internals.ts, half-closing clients).
+    allowHalfOpen: true,
     secure: false,
     // STARTTLS only with a configured certificate (smtp-server's built-in one has a published key);
     // AUTH only when there is a users file.
@@ -89,16 +93,36 @@ export function hook(
 /** Fails with a 552 once more than `limit` bytes have passed. */
 export class SizeLimit extends Transform {
   private seen = 0;
-  constructor(private readonly limit: number) {
+  private lastCR = false;
+  /**
+   * @param refuseBareLineEnds the reply that refuses a message with a bare CR, a bare LF or a NUL
+   *   (limits.bareLineEnds "reject"; docs/smuggling.md), or null to let the next-hop encoder normalise it.
+   */
+  constructor(private readonly limit: number, private readonly refuseBareLineEnds: SmtpReply | null = null) {
     super();
   }
   override _transform(chunk: Buffer, _e: BufferEncoding, cb: TransformCallback): void {
     this.seen += chunk.length;
     if (this.seen > this.limit) return cb(new SmtpReply(552, '5.3.4', `Message exceeds fixed maximum message size ${this.limit}`));
+    if (this.refuseBareLineEnds) {
+      const bad = hasBareLineEnd(chunk, this.lastCR);
+      this.lastCR = chunk[chunk.length - 1] === 0x0d;
+      if (bad) return cb(this.refuseBareLineEnds);
+    }
     cb(null, chunk);
+  }
+  override _flush(cb: TransformCallback): void {
+    cb(this.refuseBareLineEnds && this.lastCR ? this.refuseBareLineEnds : null);
   }
   get bytes(): number {
     return this.seen;
+  }
+}
+
+/** The client's connection closed before the end of the message (the transaction logs `client-left`). */
+export class ClientLeft extends SmtpReply {
+  constructor() {
+    super(451, '4.4.2', 'Client connection closed before the end of the message');
   }
 }
 
@@ -134,7 +158,7 @@ export function bodyFrom(
   let ended = false;
   source.once('end', () => { ended = true; });
   source.once('close', () => {
-    if (!ended && first && !first.destroyed) first.destroy(new SmtpReply(451, '4.4.2', 'Client connection closed before the end of the message'));
+    if (!ended && first && !first.destroyed) first.destroy(new ClientLeft());
   });
   // Our listener keeps smtp-server from destroying the stream silently; the 'close' above handles it.
   source.on('error', () => undefined);

@@ -90,7 +90,7 @@ function foldHash(c: number): number {
  *   srsForward('test@otherdomain.com', ring, { ...SRS_DEFAULTS, domain: 'example.com' }, 1577836860000);
  *   // { kind: 'rewritten', scheme: 'SRS0', address: 'SRS0=vmyz=2W=otherdomain.com=test@example.com' }
  */
-export function srsForward(sender: string, keyring: Pick<TagKeyring, 'signing'>, opts: SrsOptions, nowMs: number): SrsForwardResult {
+export function srsForward(sender: string, keyring: Pick<TagKeyring, 'signing'> & Partial<Pick<TagKeyring, 'signingAt'>>, opts: SrsOptions, nowMs: number): SrsForwardResult {
   if (sender === '' || sender === '<>') {
     return { kind: 'refused', reason: 'null-sender', message: 'the null sender is never rewritten' };
   }
@@ -106,7 +106,7 @@ export function srsForward(sender: string, keyring: Pick<TagKeyring, 'signing'>,
   // Exactly as the family compares (case-insensitive, a trailing dot is a different name).
   if (!opts.alwaysRewrite && lowerAscii(host) === lowerAscii(opts.domain)) return { kind: 'unchanged', reason: 'srs-domain', address: sender };
 
-  const key = keyring.signing;
+  const key = keyring.signingAt?.(nowMs) ?? keyring.signing;
   const { separator: sep, hashLength: n, alphabet, domain } = opts;
   if (SRS0_RE.test(local)) {
     const opaque = local.slice(4);
@@ -141,10 +141,17 @@ function splitFields(s: string, count: number, allowEmpty = false): string[] | n
   return out;
 }
 
+/** Characters in an unpadded base64 HMAC-SHA1 digest. */
+const MAX_HASH_CHARS = 27;
+
 function checkHash(given: string, fields: readonly string[], keyring: Pick<TagKeyring, 'verifying'>, opts: SrsOptions): TagKey | 'too-short' | null {
   if (given.length < opts.hashMin) return 'too-short';
-  const chars = Math.min(given.length, opts.hashLength);
-  const g = given.slice(0, chars);
+  // A hash longer than hashLength verifies only when every character is the HMAC's (Mail::SRS compares
+  // the whole given hash with the digest; SRS0=HHHHx=… is "Invalid hash" there). A base64 HMAC-SHA1 has
+  // 27 characters, so anything longer cannot match.
+  if (given.length > MAX_HASH_CHARS) return null;
+  const chars = given.length;
+  const g = given;
   let found: TagKey | null = null;
   for (const key of keyring.verifying) {
     // Every key is tried (no early exit), so timing does not reveal which one matched.

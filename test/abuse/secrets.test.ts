@@ -89,6 +89,7 @@ beforeAll(async () => {
     inbound: { listen: '127.0.0.1:0', mailbox: `smtp://127.0.0.1:${mailbox.port}` },
     relayAuth: { user: 'relayuser', pass: RELAY_PASS },
     timeouts: { connectMs: 1000, greetingMs: 1000, commandMs: 1000, dataMs: 2000, clientIdleMs: 5000 },
+    metrics: { listen: null }, // not the default 127.0.0.1:9425: test files run in parallel
     log: { level: 'debug' },
   }));
   proxy = await startProxy(await loadConfig(configFile), { clock, log, createKeys: false });

@@ -3,6 +3,7 @@
  * (DESIGN §3.3), file modes, the listing (number, created, role, RFC 7638 thumbprint, never a secret),
  * rotation and retirement windows, and importing postsrsd and exim secrets so tags in flight keep verifying.
  */
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -26,6 +27,7 @@ interface Jwk {
   created: string;
   demoted?: string;
   origin?: string;
+  activate_at?: string;
 }
 
 let tmp: string;
@@ -125,6 +127,68 @@ describe('keys list', () => {
     const key = readSet().keys[0]!;
     const r = await run(['keys', 'list', '--now', '2026-01-01T00:00:00Z'], { BATV_PROXY_KEYS__DIR: dir });
     expect(r).toEqual({ code: 0, out: `num\tcreated\tage\trole\tthumbprint\n0\t2026-01-01T00:00:00.000Z\t0d\tactive (signs)\t${await tp(key)}\n`, err: '' });
+  });
+});
+
+describe('keys rotate --activate-at (a schedule every replica follows)', () => {
+  it('adds a scheduled key that lists as scheduled, signs from its instant, and is recorded as active by the next write', async () => {
+    await run(['keys', 'init', '--dir', dir, '--now', '2026-01-01T00:00:00Z']);
+    const r = await run(['keys', 'rotate', '--dir', dir, '--now', '2026-01-05T00:00:00Z', '--activate-at', '2026-01-06T06:00:00Z']);
+    const [k0, k1] = readSet().keys as [Jwk, Jwk];
+    expect(readSet()).toEqual({
+      keys: [
+        { kty: 'oct', kid: '0', k: k0.k, status: 'active', created: '2026-01-01T00:00:00.000Z' },
+        { kty: 'oct', kid: '1', k: k1.k, status: 'scheduled', created: '2026-01-05T00:00:00.000Z', activate_at: '2026-01-06T06:00:00.000Z' },
+      ],
+    });
+    expect(r).toEqual({ code: 0, out: `Key 1 (${await tp(k1)}) verifies from now on and signs from 2026-01-06T06:00:00.000Z; copy ${file} to every replica before then\n`, err: '' });
+    expect((await run(['keys', 'list', '--dir', dir, '--now', '2026-01-06T05:59:59Z'])).out).toBe(
+      'num\tcreated\tage\trole\tthumbprint\n'
+      + `0\t2026-01-01T00:00:00.000Z\t5d\tactive (signs)\t${await tp(k0)}\n`
+      + `1\t2026-01-05T00:00:00.000Z\t1d\tscheduled, signs from 2026-01-06T06:00:00.000Z\t${await tp(k1)}\n`,
+    );
+    expect((await run(['keys', 'list', '--dir', dir, '--now', '2026-01-06T06:00:00Z'])).out).toBe(
+      'num\tcreated\tage\trole\tthumbprint\n'
+      + `1\t2026-01-05T00:00:00.000Z\t1d\tactive (signs)\t${await tp(k1)}\n`
+      + `0\t2026-01-01T00:00:00.000Z\t5d\tverify-only, retire after 2026-01-28\t${await tp(k0)}\n`,
+    );
+    // sign picks the key by --now: key 0 before the instant, key 1 from it.
+    expect((await run(['sign', 'user@example.com', '--dir', dir, '--now', '2026-01-06T05:59:59Z'])).out).toMatch(/^prvs=0\d{3}[0-9a-f]{6}=user@example\.com\n$/);
+    expect((await run(['sign', 'user@example.com', '--dir', dir, '--now', '2026-01-06T06:00:00Z'])).out).toMatch(/^prvs=1\d{3}[0-9a-f]{6}=user@example\.com\n$/);
+    await run(['keys', 'retire', '--dir', dir, '--now', '2026-01-07T00:00:00Z']);
+    expect(readSet().keys.map((k) => [k.kid, k.status, k.demoted])).toEqual([['0', 'verify', '2026-01-06T06:00:00.000Z'], ['1', 'active', undefined]]);
+  });
+
+  it('refuses an --activate-at that is not an ISO 8601 time, changing nothing', async () => {
+    await run(['keys', 'init', '--dir', dir]);
+    const before = fs.readFileSync(file, 'utf8');
+    const r = await run(['keys', 'rotate', '--dir', dir, '--activate-at', 'tomorrow']);
+    expect(r.code).toBe(2);
+    expect(r.err).toContain('--activate-at: "tomorrow" is not an ISO 8601 time such as 2026-12-01T06:00:00Z');
+    expect(fs.readFileSync(file, 'utf8')).toBe(before);
+  });
+});
+
+describe('keys: permission problems say so (run as nobody)', () => {
+  const asNobody = (args: string[]) => spawnSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, '--import', 'tsx', '-e',
+    `import(${JSON.stringify(path.resolve('src/main.ts'))}).then((m) => m.main(${JSON.stringify(args)})).then((c) => process.exit(c))`], { encoding: 'utf8' });
+  const canSwitch = process.getuid?.() === 0 && spawnSync('setpriv', ['--reuid=65534', 'true']).status === 0;
+
+  it.skipIf(!canSwitch)('a keyring the user may not read names the user and the chown/chmod, not "not valid JSON"', async () => {
+    await run(['keys', 'init', '--dir', dir]);
+    fs.chmodSync(tmp, 0o755);
+    const r = asNobody(['keys', 'list', '--dir', dir]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toBe(`Cannot read ${file}: permission denied for user nobody; the file and its directory must belong to the user the proxy runs as: "chown nobody ${dir} ${file} && chmod 700 ${dir} && chmod 600 ${file}"\n`);
+  });
+
+  it.skipIf(!canSwitch)('keys init into a directory the user cannot write says so and names the fix', () => {
+    fs.mkdirSync(dir, { mode: 0o755 });
+    fs.chmodSync(tmp, 0o755);
+    const r = asNobody(['keys', 'init', '--dir', dir]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toBe(`Cannot write the keyring in ${dir}: permission denied for user nobody; give the directory to that user ("chown nobody ${dir} && chmod 700 ${dir}") or choose another with --dir\n`);
+    expect(fs.existsSync(file)).toBe(false);
   });
 });
 

@@ -15,7 +15,7 @@ import { batvSign, batvVerify } from '../../src/tags/batv.js';
 import { utf8 } from '../../src/tags/hmac.js';
 import { makeKeyring, tagKey } from '../../src/tags/keyring.js';
 import { srsForward, srsReverse, SRS_DEFAULTS, type SrsOptions } from '../../src/tags/srs.js';
-import { splitAddressCommand } from '../../src/smtp/raw-command.js';
+import { splitAddressCommand } from '../../src/smtp/internals.js';
 import { HeaderRewriter, MAX_HEADER_BYTES, stripFields } from '../../src/smtp/headers.js';
 import { fcParams, fuzzTimeout } from '../helpers/fuzz-env.js';
 

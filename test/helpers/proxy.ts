@@ -37,6 +37,8 @@ export function testConfig(over: Record<string, unknown> = {}): Config {
     // Tests refuse untagged bounces at RCPT unless they say otherwise (the shipped default is classify).
     inbound: { listen: '127.0.0.1:0', mailbox: null, captureDir: captureDir('inbox'), untaggedBounces: 'reject' },
     timeouts: { connectMs: 1000, greetingMs: 1000, commandMs: 1000, dataMs: 2000, clientIdleMs: 5000 },
+    // No metrics listener unless a test asks for one (the shipped default, 127.0.0.1:9425, would collide).
+    metrics: { listen: null },
     log: { level: 'silent' },
   }, over));
 }

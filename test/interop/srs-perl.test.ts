@@ -173,7 +173,7 @@ describe('SRS: interoperability with Perl Mail::SRS 0.31 (Guarded)', () => {
   });
 
   it.skipIf(!RUN)('hash length: HashMin characters reverse in both, one fewer in neither; base64url and longer hashes (SPEC B.4)', async () => {
-    interface Job { c: SrsCase; address: string; kind: 'min' | 'short' | 'url' | 'long' }
+    interface Job { c: SrsCase; address: string; kind: 'min' | 'short' | 'url' | 'long' | 'long-true' }
     const jobs: Job[] = [];
     for (const c of CASES) {
       const o = srsForward(c.sender, ring(c.secrets), opts(c), c.signMs);
@@ -185,6 +185,9 @@ describe('SRS: interoperability with Perl Mail::SRS 0.31 (Guarded)', () => {
       if (c.hashMin > 1) jobs.push({ c, address: `${head}${h.slice(0, c.hashMin - 1)}${tail}`, kind: 'short' });
       if (/[+/]/.test(h)) jobs.push({ c, address: `${head}${h.replace(/\+/g, '-').replace(/\//g, '_')}${tail}`, kind: 'url' });
       jobs.push({ c, address: `${head}${h}A${tail}`, kind: 'long' });
+      // One character more of the real HMAC: both accept it.
+      const o2 = srsForward(c.sender, ring(c.secrets), { ...opts(c), hashLength: opts(c).hashLength + 1 }, c.signMs);
+      if (o2.kind === 'rewritten' && opts(c).hashLength < 27) jobs.push({ c, address: o2.address, kind: 'long-true' });
     }
     const res = await perl!.run(jobs.map((j) => ({ op: 'reverse', address: j.address, cfg: peerCfg(j.c), nowMs: j.c.signMs })));
     const mismatches: Mismatch[] = [];
@@ -202,10 +205,12 @@ describe('SRS: interoperability with Perl Mail::SRS 0.31 (Guarded)', () => {
         urlCount++;
         if (ours === 'refused') mismatches.push({ input, ours, theirs: 'ours must accept base64url' });
         if (theirs !== 'refused') mismatches.push({ input: `${input} [SPEC B.8 says Mail::SRS refuses base64url]`, ours: 'refused', theirs });
+      } else if (j.kind === 'long-true') {
+        if (ours === 'refused' || ours !== theirs) mismatches.push({ input, ours, theirs: `${theirs} (both must accept the HMAC's own next character)` });
       } else {
-        // Longer than HashLength: ours compares the first HashLength characters (as postsrsd does);
-        // Mail::SRS compares the whole given hash with the same-length prefix of the HMAC.
-        if (ours === 'refused') mismatches.push({ input, ours, theirs: 'ours accepts a longer hash (postsrsd rule)' });
+        // Longer than HashLength: both compare the whole given hash with the same-length prefix of the
+        // HMAC (issue 9), so an extra character verifies only when it is the HMAC's next one.
+        if (ours !== theirs) mismatches.push({ input, ours, theirs });
         if (theirs !== 'refused') longAcceptedByPerl.push(j.address);
       }
     });

@@ -42,6 +42,7 @@ describe('doctor', () => {
     keys: { dir: keys },
     outbound: { listen: `127.0.0.1:${outPort}`, relay: `smtp://127.0.0.1:${sink.port}` },
     inbound: { listen: `127.0.0.1:${inPort}`, mailbox: `smtp://127.0.0.1:${sink.port}`, untaggedBounces: 'classify' },
+    metrics: { listen: null }, // not the default 127.0.0.1:9425: test files run in parallel
     ...over,
   });
   beforeAll(async () => {
@@ -176,7 +177,7 @@ describe('a listen address in use is a configuration problem', () => {
     await new Promise<void>((r) => taken.listen(0, '127.0.0.1', () => r()));
     const port = (taken.address() as import('node:net').AddressInfo).port;
     const errs: string[] = [];
-    const io = { out: () => undefined, err: (s: string) => void errs.push(s), env: { BATV_PROXY_OUTBOUND__LISTEN: `127.0.0.1:${port}`, BATV_PROXY_INBOUND__LISTEN: '127.0.0.1:0' }, now: () => Date.now() };
+    const io = { out: () => undefined, err: (s: string) => void errs.push(s), env: { BATV_PROXY_OUTBOUND__LISTEN: `127.0.0.1:${port}`, BATV_PROXY_INBOUND__LISTEN: '127.0.0.1:0', BATV_PROXY_METRICS__LISTEN: '127.0.0.1:0' }, now: () => Date.now() };
     try {
       expect(await main(['serve'], io)).toBe(1);
       expect(errs.join('')).toBe(`batv-proxy serve: Invalid configuration:\n  - outbound.listen: 127.0.0.1:${port} in use by another program\n`);

@@ -26,6 +26,7 @@ function configFor(dir: string, sink: Sink, over: Record<string, unknown> = {}):
     inbound: { listen: '127.0.0.1:0', mailbox: `smtp://127.0.0.1:${sink.port}`, untaggedBounces: 'reject' },
     timeouts: { connectMs: 2000, greetingMs: 2000, commandMs: GRACE_MS, dataMs: 10_000, clientIdleMs: 20_000 },
     log: { level: 'info' },
+    metrics: { listen: null }, // not the default 127.0.0.1:9425: test files run in parallel
     ...over,
   };
 }

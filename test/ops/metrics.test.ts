@@ -1,9 +1,10 @@
 /**
  * The metrics endpoint after a scripted set of transactions: exact Prometheus lines for senders signed by
  * scheme, inbound verdicts, transactions by outcome, per-stage latency histograms, next-hop failures,
- * active connections and key age; /healthz and /readyz (200, and 503 naming the next hop that is down).
+ * active connections and key age; /healthz and /readyz (200, and 503 naming the next hop that is down);
+ * /status.json naming the listener whose next hop is down; the Docker image's listen defaults.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -110,6 +111,7 @@ describe('/metrics after a scripted set of transactions', () => {
       '# TYPE batv_proxy_overlong_tags_total counter',
       '# TYPE batv_proxy_rate_limited_total counter',
       '# TYPE batv_proxy_refusals_total counter',
+      '# TYPE batv_proxy_shared_state_fallback gauge',
       '# TYPE batv_proxy_stage_seconds histogram',
       '# TYPE batv_proxy_transactions_total counter',
       '# TYPE batv_proxy_would_refuse_total counter',
@@ -203,6 +205,17 @@ describe('/readyz and failure counters with the next hop down', () => {
     expect(await get(proxy, '/healthz')).toEqual({ status: 200, type: 'text/plain', body: 'ok\n' });
   });
 
+  it('/status.json marks the listener whose next hop is down, with the reason, and the other as answering', async () => {
+    const r = await get(proxy, '/status.json');
+    expect(r).toMatchObject({ status: 200, type: 'application/json; charset=utf-8' });
+    const s = JSON.parse(r.body) as { listeners: Array<Record<string, unknown>>; problems: string[] };
+    expect(s.listeners.map(({ name, nextHop, answers, problem }) => ({ name, nextHop, answers, problem }))).toEqual([
+      { name: 'outbound', nextHop: `smtp://127.0.0.1:${port}`, answers: false, problem: `Next hop 127.0.0.1:${port} unreachable: connection refused` },
+      { name: 'inbound', nextHop: `smtp://127.0.0.1:${sink.port}`, answers: true, problem: null },
+    ]);
+    expect(s.problems).toEqual([]);
+  });
+
   it('a MAIL the next hop cannot take is a 4xx for the client and a next-hop failure by stage (the transaction ends when the client leaves)', async () => {
     const t = await session(proxy.outbound.port);
     expect(await t.cmd('MAIL FROM:<alice@example.com>')).toMatch(/^4\d\d 4\.4\.\d /);
@@ -210,6 +223,14 @@ describe('/readyz and failure counters with the next hop down', () => {
     const text = await metricsWhen(proxy, 'batv_proxy_transactions_total', ['batv_proxy_transactions_total{role="outbound",outcome="client-left"} 1']);
     expect(samples(text, 'batv_proxy_nexthop_failures_total')).toEqual(['batv_proxy_nexthop_failures_total{role="outbound",stage="connect",kind="refused"} 1']);
     expect(samples(text, 'batv_proxy_transactions_total')).toEqual(['batv_proxy_transactions_total{role="outbound",outcome="client-left"} 1']);
+  });
+});
+
+describe('the Docker image\'s defaults', () => {
+  it('listen on all interfaces inside the container, metrics on 9425 where the HEALTHCHECK looks', () => {
+    const dockerfile = readFileSync(path.join(import.meta.dirname, '..', '..', 'Dockerfile'), 'utf8');
+    for (const v of ['BATV_PROXY_OUTBOUND__LISTEN=0.0.0.0:2525', 'BATV_PROXY_INBOUND__LISTEN=0.0.0.0:2526', 'BATV_PROXY_METRICS__LISTEN=0.0.0.0:9425']) expect(dockerfile).toContain(`    ${v} \\\n`);
+    expect(dockerfile).toContain("fetch('http://127.0.0.1:9425/healthz')");
   });
 });
 

@@ -124,6 +124,7 @@ describe('README: every ```sh block, run against `npm start`', () => {
   let proxy: ServeProcess | null = null;
   let outPort = 2525;
   let inPort = 2526;
+  let metricsPort = 9425;
   let env: Record<string, string>;
   const results = new Map<number, RunResult>();
 
@@ -134,9 +135,13 @@ describe('README: every ```sh block, run against `npm start`', () => {
       outPort = await freePort([2525, 2526]);
       inPort = await freePort([2525, 2526, outPort]);
     }
-    const overrides: Record<string, string> = outPort === 2525 && inPort === 2526 ? {} : {
-      BATV_PROXY_OUTBOUND__LISTEN: `127.0.0.1:${outPort}`,
-      BATV_PROXY_INBOUND__LISTEN: `127.0.0.1:${inPort}`,
+    if (!(await portFree(9425))) metricsPort = await freePort([2525, 2526, 9425, outPort, inPort]);
+    const overrides: Record<string, string> = {
+      ...(outPort === 2525 && inPort === 2526 ? {} : {
+        BATV_PROXY_OUTBOUND__LISTEN: `127.0.0.1:${outPort}`,
+        BATV_PROXY_INBOUND__LISTEN: `127.0.0.1:${inPort}`,
+      }),
+      ...(metricsPort === 9425 ? {} : { BATV_PROXY_METRICS__LISTEN: `127.0.0.1:${metricsPort}` }),
     };
     env = cleanEnv(overrides);
     proxy = await startServe({ cwd: dir, env: overrides });
@@ -152,6 +157,7 @@ describe('README: every ```sh block, run against `npm start`', () => {
     .replaceAll('npx batv-proxy', `node '${BIN}'`)
     .replaceAll('127.0.0.1:2525', `127.0.0.1:${outPort}`)
     .replaceAll('127.0.0.1:2526', `127.0.0.1:${inPort}`)
+    .replaceAll('127.0.0.1:9425', `127.0.0.1:${metricsPort}`)
     .replaceAll('/tmp/postsrsd.secret', path.join(dir, 'postsrsd.secret'));
 
   async function runBlock(i: number): Promise<RunResult> {

@@ -2,7 +2,8 @@ import fc from 'fast-check';
 import { SMTPStream } from 'smtp-server/lib/smtp-stream.js';
 import { describe, expect, it } from 'vitest';
 import { PassThrough, Readable, Writable } from 'node:stream';
-import { DotStuffer, dotStuff, writeStuffed } from '../../src/smtp/dotstuff.js';
+import { DotStuffer, dotStuff, hasBareLineEnd, writeStuffed } from '../../src/smtp/dotstuff.js';
+import { LINE_RULES, readData } from '../helpers/lenient-receiver.js';
 
 const b = (s: string): Buffer => Buffer.from(s, 'latin1');
 const s = (buf: Buffer): string => buf.toString('latin1');
@@ -62,21 +63,29 @@ describe('DotStuffer', () => {
     ['lines starting with ".."', '..x\r\n...\r\n', '...x\r\n....\r\n.\r\n'],
     ['a dot inside a line', 'a.b\r\n.c.\r\n', 'a.b\r\n..c.\r\n.\r\n'],
     ['a body without final CRLF', 'abc', 'abc\r\n.\r\n'],
-    ['a body ending in a bare LF', 'abc\n', 'abc\n\r\n.\r\n'],
-    ['a body ending in a bare CR', 'abc\r', 'abc\r\r\n.\r\n'],
+    ['a body ending in a bare LF', 'abc\n', 'abc\r\n.\r\n'],
+    ['a body ending in a bare CR', 'abc\r', 'abc\r\n.\r\n'],
     ['an empty body', '', '.\r\n'],
     ['a body that is one CRLF', '\r\n', '\r\n.\r\n'],
-    ['a dot after a bare LF', 'a\n.\r\nb\r\n', 'a\n..\r\nb\r\n.\r\n'],
-    ['a dot after a bare CR (not a line start)', 'a\r.b\r\n', 'a\r.b\r\n.\r\n'],
-    ['8-bit and NUL bytes', '\xff\x00\x80\r\n.\xe9\r\n', '\xff\x00\x80\r\n..\xe9\r\n.\r\n'],
-    ['a smuggling attempt', 'a\r\n.\nMAIL FROM:<x@y>\r\n', 'a\r\n..\nMAIL FROM:<x@y>\r\n.\r\n'],
+    ['a dot after a bare LF', 'a\n.\r\nb\r\n', 'a\r\n..\r\nb\r\n.\r\n'],
+    ['a dot after a bare CR', 'a\r.b\r\n', 'a\r\n..b\r\n.\r\n'],
+    ['CR . CR (CVE-2023-51764)', 'a\r.\rMAIL FROM:<x@y>\r\n', 'a\r\n..\r\nMAIL FROM:<x@y>\r\n.\r\n'],
+    ['CR . CRLF', 'a\r.\r\nMAIL FROM:<x@y>\r\n', 'a\r\n..\r\nMAIL FROM:<x@y>\r\n.\r\n'],
+    ['LF . LF', 'a\n.\nb\r\n', 'a\r\n..\r\nb\r\n.\r\n'],
+    ['NUL before a line-start dot', 'a\r\n\x00.\r\nb\r\n', 'a\r\n..\r\nb\r\n.\r\n'],
+    ['CR CR LF', 'a\r\r\nb\r\n', 'a\r\n\r\nb\r\n.\r\n'],
+    ['LF CR', 'a\n\rb\r\n', 'a\r\n\r\nb\r\n.\r\n'],
+    ['8-bit and NUL bytes', '\xff\x00\x80\r\n.\xe9\r\n', '\xff\x80\r\n..\xe9\r\n.\r\n'],
+    ['a smuggling attempt', 'a\r\n.\nMAIL FROM:<x@y>\r\n', 'a\r\n..\r\nMAIL FROM:<x@y>\r\n.\r\n'],
   ])('dotStuff() stuffs %s exactly', (_name, body, wire) => {
     expect(s(dotStuff(b(body)))).toBe(wire);
   });
 
   it('push() carries the line start across chunks: "." opening a chunk after one that ended in LF', () => {
     expect(s(stuffChunks([b('a\r\n'), b('.b\r\n')]))).toBe('a\r\n..b\r\n.\r\n');
-    expect(s(stuffChunks([b('a\n'), b('.')]))).toBe('a\n..\r\n.\r\n');
+    expect(s(stuffChunks([b('a\n'), b('.')]))).toBe('a\r\n..\r\n.\r\n');
+    expect(s(stuffChunks([b('a\r'), b('.')]))).toBe('a\r\n..\r\n.\r\n');
+    expect(s(stuffChunks([b('a\r'), b('\x00'), b('.')]))).toBe('a\r\n..\r\n.\r\n');
     expect(s(stuffChunks([b('.'), b('.'), b('\r\n')]))).toBe('...\r\n.\r\n');
   });
 
@@ -127,47 +136,86 @@ const lineArb = fc.tuple(
 const bodyArb = fc.array(lineArb, { maxLength: 30 }).map((lines) => b(lines.join('')));
 const cutsArb = fc.array(fc.nat(2000), { maxLength: 8 });
 
+/** What a receiver reads: every bare CR and LF a CRLF, NUL gone, a CRLF added when the body lacks one. */
+function expectedRead(body: Buffer): string {
+  const n = s(body).replace(/\r\n|\r|\n/g, '\r\n').replace(/\x00/g, '');
+  return n === '' || n.endsWith('\r\n') ? n : `${n}\r\n`;
+}
+
 describe('DotStuffer against receivers (property)', () => {
-  it('smtp-server reads back exactly the body, except that a body opening with LF "." gains that dot', async () => {
+  it('smtp-server reads back exactly the body with its line ends normalised to CRLF and NUL dropped', async () => {
     await fc.assert(
       fc.asyncProperty(bodyArb, cutsArb, cutsArb, async (body, stuffCuts, wireCuts) => {
         const wire = stuffChunks(cut(body, stuffCuts));
         const read = await smtpServerReads(cut(wire, wireCuts));
-        const endsWithCrlf = body.length === 0 || s(body).endsWith('\r\n');
-        let expected = endsWithCrlf ? body : Buffer.concat([body, b('\r\n')]);
-        // smtp-server's unstuffing loop starts at offset 2, so it never unstuffs a "." at offset 1
-        if (s(body).startsWith('\n.')) expected = Buffer.concat([b('\n.'), expected.subarray(1)]);
-        expect(s(read)).toBe(s(expected));
+        expect(s(read)).toBe(expectedRead(body));
       }),
       { numRuns: 500 },
     );
   });
 
-  it('a receiver that ends lines at any LF reads back exactly the body and sees the end only at the end', () => {
+  it('the wire has only CRLF line ends, no NUL, and no unstuffed line-start dot', () => {
     fc.assert(
       fc.property(bodyArb, cutsArb, (body, cuts) => {
-        const wire = stuffChunks(cut(body, cuts));
-        const { body: read, endAtLastLine } = lenientReceiverReads(wire);
-        const expected = body.length === 0 || s(body).endsWith('\r\n') ? body : Buffer.concat([body, b('\r\n')]);
-        expect(endAtLastLine).toBe(true);
-        expect(s(read)).toBe(s(expected));
+        const wire = s(stuffChunks(cut(body, cuts)));
+        expect(wire).not.toMatch(/\r(?!\n)|(?<!\r)\n|\x00/);
+        expect(wire.endsWith('\r\n.\r\n') || wire === '.\r\n').toBe(true);
+        const lines = wire.slice(0, wire === '.\r\n' ? 0 : -3).split('\r\n');
+        for (const l of lines) if (l.startsWith('.')) expect(l.startsWith('..')).toBe(true);
       }),
       { numRuns: 1000 },
     );
   });
 
-  it('the body smtp-server yields for what a client sent is relayed so that smtp-server yields it again', async () => {
-    // client wire → proxy's smtp-server → DotStuffer → next hop's smtp-server: the two reads are identical
+  it('a receiver that ends lines at any LF reads back the normalised body and sees the end only at the end', () => {
+    fc.assert(
+      fc.property(bodyArb, cutsArb, (body, cuts) => {
+        const wire = stuffChunks(cut(body, cuts));
+        const { body: read, endAtLastLine } = lenientReceiverReads(wire);
+        expect(endAtLastLine).toBe(true);
+        expect(s(read)).toBe(expectedRead(body));
+      }),
+      { numRuns: 1000 },
+    );
+  });
+
+  it.each(LINE_RULES)('a %s receiver (test/helpers/lenient-receiver.ts) reads exactly the one normalised body and nothing after it', (rule) => {
+    fc.assert(
+      fc.property(bodyArb, cutsArb, (body, cuts) => {
+        const { body: read, after } = readData(stuffChunks(cut(body, cuts)), rule);
+        expect(read).toBe(expectedRead(body));
+        expect(after).toBe('');
+      }),
+      { numRuns: 1000 },
+    );
+  });
+
+  it('the body smtp-server yields for what a client sent is relayed so that smtp-server yields it again, normalised', async () => {
+    // client wire → proxy's smtp-server → DotStuffer → next hop's smtp-server
     const clientWire = fc.array(lineArb, { maxLength: 30 }).map((lines) => b(`${lines.join('')}\r\n.\r\n`));
     await fc.assert(
       fc.asyncProperty(clientWire, cutsArb, async (wire, cuts) => {
         const atProxy = await smtpServerReads(cut(wire, cuts));
-        fc.pre(!s(atProxy).startsWith('\n.'));
         const atNextHop = await smtpServerReads(cut(stuffChunks([atProxy]), cuts));
-        expect(s(atNextHop)).toBe(s(atProxy));
+        expect(s(atNextHop)).toBe(expectedRead(atProxy));
       }),
       { numRuns: 500 },
     );
+  });
+});
+
+describe('hasBareLineEnd()', () => {
+  it.each([
+    ['CRLF only', 'a\r\nb\r\n', false, false],
+    ['a bare LF', 'a\nb', false, true],
+    ['a bare CR', 'a\rb', false, true],
+    ['a NUL', 'a\x00b\r\n', false, true],
+    ['a CR at the end (its LF may follow)', 'a\r', false, false],
+    ['an LF opening a chunk after a CR', '\nb', true, false],
+    ['an LF opening a chunk without a CR before', '\nb', false, true],
+    ['anything else after a CR', 'b', true, true],
+  ])('%s', (_n, chunk, afterCR, bare) => {
+    expect(hasBareLineEnd(b(chunk), afterCR)).toBe(bare);
   });
 });
 

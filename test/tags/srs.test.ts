@@ -287,9 +287,15 @@ describe('srsReverse()', () => {
     }
   });
 
-  it('accepts a hash longer than hashLength, comparing its first hashLength characters', () => {
+  it('refuses a hash longer than hashLength unless every character is the HMAC\'s (Mail::SRS)', () => {
     for (const h of ['XjO9z', 'XjO9zzzzzz', `XjO9${'A'.repeat(40)}`, 'xjo9Q']) {
-      expect(srsReverse(`SRS0=${h}=2V=otherdomain.com=test@example.com`, ring, opts(), NOW), h).toStrictEqual(valid0('test@otherdomain.com', 1));
+      expect(srsReverse(`SRS0=${h}=2V=otherdomain.com=test@example.com`, ring, opts(), NOW), h).toStrictEqual(inv('bad-hash'));
+    }
+    // the longer hash made with the same key verifies: it is the HMAC's own prefix
+    for (const n of [5, 8, 27]) {
+      const long = refHash(SECRET, ['2V', 'otherdomain.com', 'test'], n);
+      expect(long.startsWith('XjO9')).toBe(true);
+      expect(srsReverse(`SRS0=${long}=2V=otherdomain.com=test@example.com`, ring, opts(), NOW), long).toStrictEqual(valid0('test@otherdomain.com', 1));
     }
     expect(srsReverse('SRS0=XjOaz=2V=otherdomain.com=test@example.com', ring, opts(), NOW)).toStrictEqual(inv('bad-hash'));
   });

@@ -1,0 +1,120 @@
+/**
+ * Every contact with smtp-server's private internals, in one place (docs/architecture.md, "The listener
+ * adapter"). Each hook is the smallest one that does the job where smtp-server has no public API for it,
+ * and test/smtp/internals.test.ts pins each on the installed version, so an upgrade that renames or
+ * reshapes what a hook relies on fails loudly instead of silently signing wrong bytes or dropping replies.
+ *
+ * 1. The MAIL/RCPT address and parameters exactly as the client sent them. smtp-server hands hooks a
+ *    normalised address: it converts A-label domains to Unicode (user@xn--bcher-kva.example arrives as
+ *    user@bücher.example), normalises IPv6 literals, and xtext-decodes parameter values. A tag must be
+ *    computed over the bytes the next hop and the eventual bounce will carry, and parameters must pass
+ *    through as typed, so the relay needs the raw text. The connection's address parser is wrapped once
+ *    so that every parsed address also carries `raw` (address as sent, source route removed) and
+ *    `rawParams` (each parameter token as sent).
+ *
+ * 2. Clients that half-close. exim writes ".<CRLF>QUIT<CRLF>" in one packet and then shuts down its
+ *    sending side (FIN) while it still waits for the replies. The listener runs with allowHalfOpen, so the
+ *    FIN no longer closes our side before the replies are written, and the socket's readyState reads
+ *    'open' while only the client's side is shut ('writeOnly'), because send() writes nothing otherwise;
+ *    when the command parser has processed
+ *    everything the client sent (its 'finish' event: smtp-server calls back a chunk only after every
+ *    command in it was answered, the end of DATA included), the connection is closed. A FIN in the
+ *    middle of DATA therefore closes the connection with the message incomplete, which smtp-server turns
+ *    into a destroyed DATA stream: the next hop never sees the end of that message.
+ */
+import net from 'node:net';
+import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
+
+export interface RawAddress {
+  /** The address between the angle brackets, as sent, without a source route ('' for <>). */
+  readonly raw: string;
+  /** The parameter tokens after the path, as sent (e.g. ["SIZE=1234", "BODY=8BITMIME"]). */
+  readonly rawParams: readonly string[];
+}
+
+const RAW = Symbol.for('batv-proxy.raw-command');
+
+/** Splits "MAIL FROM:<addr> P1 P2" the same way smtp-server does, keeping the original text. */
+export function splitAddressCommand(command: string): RawAddress | null {
+  const colon = command.indexOf(':');
+  if (colon < 0) return null;
+  const rest = command.slice(colon + 1).trim();
+  const tokens = rest.split(/\s+/);
+  const path = tokens.shift() ?? '';
+  if (!/^<[^<>]*>$/.test(path)) return null;
+  const raw = path.slice(1, -1).replace(/^@[^\s,:@]+(?:,@[^\s,:@]+)*:/, '');
+  return { raw, rawParams: tokens.filter((t) => t !== '') };
+}
+
+type Parser = (this: unknown, name: string, command: unknown) => unknown;
+
+interface ConnectionInternals {
+  _socket: NodeJS.EventEmitter & { readyState: string };
+  _parser: unknown;
+  _closing: boolean;
+  _closed: boolean;
+  close(): void;
+}
+
+const HALF_CLOSE = Symbol.for('batv-proxy.half-close');
+
+function method<T>(proto: Record<string | symbol, unknown>, name: string, why: string): T {
+  const m = proto[name];
+  if (typeof m !== 'function') throw new Error(`smtp-server has no ${name}; this version is not supported (${why})`);
+  return m as T;
+}
+
+/**
+ * Installs both hooks on smtp-server's connection class (idempotent). Listeners must also be created
+ * with `allowHalfOpen: true` (createListener does).
+ * @throws Error when smtp-server no longer has a method a hook needs.
+ */
+export function installConnectionHooks(): void {
+  const proto = (SMTPConnection as unknown as { prototype: Record<string | symbol, unknown> }).prototype;
+  if (!proto[HALF_CLOSE]) {
+    const why = 'half-closing clients would lose their replies';
+    const create = method<(this: ConnectionInternals) => NodeJS.EventEmitter>(proto, '_createParser', why);
+    const listen = method<(this: ConnectionInternals, cb: () => void) => void>(proto, '_setListeners', why);
+    const stateOf = Object.getOwnPropertyDescriptor(net.Socket.prototype, 'readyState')?.get;
+    if (!stateOf) throw new Error(`node's net.Socket has no readyState getter (${why})`);
+    // send() writes only while readyState is 'open'; a socket whose peer sent FIN is 'writeOnly', and
+    // the replies the client is still owed must be written to it.
+    proto._setListeners = function (this: ConnectionInternals, cb: () => void): void {
+      Object.defineProperty(this._socket, 'readyState', {
+        configurable: true,
+        get(this: net.Socket) {
+          const state = stateOf.call(this) as string;
+          return state === 'writeOnly' ? 'open' : state;
+        },
+      });
+      listen.call(this, cb);
+    };
+    proto._createParser = function (this: ConnectionInternals): NodeJS.EventEmitter {
+      const parser = create.call(this);
+      parser.once('finish', () => {
+        // Everything the client sent before its FIN has been answered (a parser replaced by STARTTLS
+        // never finishes: it is unpiped, not ended).
+        if (this._parser === parser && !this._closing && !this._closed) this.close();
+      });
+      return parser;
+    };
+    proto[HALF_CLOSE] = true;
+  }
+  if (proto[RAW]) return;
+  const original = method<Parser>(proto, '_parseAddressCommand', 'raw addresses cannot be captured');
+  proto._parseAddressCommand = function (this: unknown, name: string, command: unknown): unknown {
+    const parsed = original.call(this, name, command);
+    if (parsed && typeof parsed === 'object') {
+      const split = splitAddressCommand(String(command ?? ''));
+      if (split) Object.defineProperty(parsed, RAW, { value: split, enumerable: false });
+    }
+    return parsed;
+  };
+  proto[RAW] = true;
+}
+
+/** The raw form of an address object handed to onMailFrom/onRcptTo (falls back to the parsed one). */
+export function rawOf(parsed: { address: string }): RawAddress {
+  const r = (parsed as unknown as Record<symbol, RawAddress | undefined>)[RAW];
+  return r ?? { raw: parsed.address, rawParams: [] };
+}

@@ -1,0 +1,90 @@
+/**
+ * Pins every hook src/smtp/internals.ts puts into smtp-server on the installed version: if an upgrade
+ * renames or reshapes what a hook relies on, these fail (docs/architecture.md, "The listener adapter").
+ */
+import net from 'node:net';
+import { createRequire } from 'node:module';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { SMTPServer } from 'smtp-server';
+import { installConnectionHooks, rawOf, splitAddressCommand } from '../../src/smtp/internals.js';
+import { createListener } from '../../src/smtp/listener.js';
+import { halfClose } from '../helpers/half-close.js';
+
+const require = createRequire(import.meta.url);
+const installed = (require('smtp-server/package.json') as { version: string }).version;
+
+let server: SMTPServer | null = null;
+afterEach(async () => {
+  await new Promise<void>((r) => (server ? server.close(() => r()) : r()));
+  server = null;
+});
+
+async function listen(hooks: Parameters<typeof createListener>[1]): Promise<number> {
+  server = createListener(
+    { name: 'pin.test', maxClients: 10, maxMessageBytes: 1_000_000, maxRecipients: 10, clientIdleMs: 10_000, tls: null, authMethods: [], allowInsecureAuth: false },
+    hooks,
+  );
+  await new Promise<void>((r) => server!.listen(0, '127.0.0.1', () => r()));
+  return (server.server.address() as net.AddressInfo).port;
+}
+
+describe(`smtp-server ${installed}: the internals the adapter hooks`, () => {
+  it('has the prototype methods the hooks wrap, and installing twice is harmless', async () => {
+    const { SMTPConnection } = (await import('smtp-server/lib/smtp-connection.js')) as unknown as { SMTPConnection: { prototype: Record<string, unknown> } };
+    for (const m of ['_parseAddressCommand', '_createParser', '_setListeners', 'close', 'send']) {
+      expect(typeof SMTPConnection.prototype[m], m).toBe('function');
+    }
+    expect(() => {
+      installConnectionHooks();
+      installConnectionHooks();
+    }).not.toThrow();
+  });
+
+  it('splits MAIL/RCPT text as sent', () => {
+    expect(splitAddressCommand('MAIL FROM:<@a.example,@b.example:User@xn--bcher-kva.example> SIZE=10 ENVID=a+2Bb')).toEqual({
+      raw: 'User@xn--bcher-kva.example',
+      rawParams: ['SIZE=10', 'ENVID=a+2Bb'],
+    });
+    expect(splitAddressCommand('MAIL FROM:<>')).toEqual({ raw: '', rawParams: [] });
+  });
+
+  it('hands the hooks the raw address and parameters next to smtp-server\'s normalised ones', async () => {
+    const seen: unknown[] = [];
+    const port = await listen({
+      onMailFrom(a, _s, cb) {
+        seen.push({ parsed: a.address, ...rawOf(a) });
+        cb();
+      },
+      onRcptTo(a, _s, cb) {
+        seen.push({ parsed: a.address, ...rawOf(a) });
+        cb();
+      },
+    });
+    const r = await halfClose(port, [
+      { send: 'EHLO c.test\r\n', replies: 1 },
+      { send: 'MAIL FROM:<User@xn--bcher-kva.example> BODY=8BITMIME\r\n', replies: 1 },
+      { send: 'RCPT TO:<x@[IPv6:0:0:0:0:0:0:0:1]> NOTIFY=NEVER\r\n', replies: 1 },
+      { send: 'QUIT\r\n', replies: 1 },
+    ]);
+    expect(r.replies.slice(2, 4)).toEqual(['250 Accepted', '250 Accepted']);
+    expect(seen[0]).toMatchObject({ raw: 'User@xn--bcher-kva.example', rawParams: ['BODY=8BITMIME'] });
+    expect((seen[0] as { parsed: string }).parsed).not.toBe('User@xn--bcher-kva.example');
+    expect(seen[1]).toMatchObject({ raw: 'x@[IPv6:0:0:0:0:0:0:0:1]', rawParams: ['NOTIFY=NEVER'] });
+  });
+
+  it('writes every reply a client is owed after its FIN, then closes', async () => {
+    const port = await listen({
+      onData(stream, _s, cb) {
+        stream.resume();
+        stream.on('end', () => setTimeout(() => cb(), 50));
+      },
+    });
+    const r = await halfClose(port, [
+      { send: 'EHLO c.test\r\n', replies: 1 },
+      { send: 'MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n', replies: 3 },
+      { send: 'Subject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n', fin: true },
+    ]);
+    expect(r.afterFin.map((l) => l.slice(0, 3))).toEqual(['250', '221']);
+    expect(r.serverClosed).toBe(true);
+  });
+});
