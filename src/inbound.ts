@@ -16,6 +16,7 @@ import { replies } from './policy/replies.js';
 import { createListener, hook } from './smtp/listener.js';
 import { rawOf } from './smtp/internals.js';
 import { SmtpReply } from './reply.js';
+import { utcDay } from './clock.js';
 import { createBounceClassifier, type BounceClassifier } from './inbound/classify.js';
 import type { Dnsbl } from './inbound/dnsbl.js';
 import type { AbuseLimits } from './inbound/limits.js';
@@ -114,7 +115,7 @@ export function createInbound(ctx: RoleContext, deps: InboundDeps): SMTPServer {
         const d = decideRecipient(raw, txn.sender, ctx.verifyPolicy(), keyring, ctx.clock.now());
         if (d.kind === 'refuse') return await refuse(txn, ip, raw, d.reply, d.reason);
         if (d.verdict === 'untagged-bounce-grace') ctx.metrics.wouldRefuse.inc({ reason: 'untagged-bounce' });
-        if ((d.verdict === 'batv-valid' || d.verdict === 'srs-valid') && isNullSender(txn.sender) && !(await deps.limits().takeTag(raw))) {
+        if ((d.verdict === 'batv-valid' || d.verdict === 'srs-valid') && isNullSender(txn.sender) && !(await deps.limits().takeTag(tagIdentity(d, ctx.clock.now())))) {
           ctx.metrics.rateLimited.inc({ kind: 'tag' });
           txn.rcpts.push({ rcpt: raw, to: d.to, verdict: 'tag-replayed', reply: '450' });
           throw replies.tagReplayed(raw);
@@ -181,4 +182,14 @@ export function createInbound(ctx: RoleContext, deps: InboundDeps): SMTPServer {
       conns.close(session);
     },
   });
+}
+
+/**
+ * The replay cap's key for a verified tag: what the tag stands for, not how it was spelt, so separator
+ * (=, +, -) and case variants of one harvested address share one allowance. BATV: the untagged address,
+ * key number and signing day; SRS: the decoded address with its day (the hash binds both).
+ */
+export function tagIdentity(d: Extract<RcptDecision, { kind: 'deliver' }>, nowMs: number): string {
+  const day = d.ageDays === undefined ? '' : String(utcDay(nowMs) - d.ageDays);
+  return d.verdict === 'batv-valid' ? `batv:${d.to.toLowerCase()}:${d.keyNum ?? ''}:${day}` : `srs:${d.to.toLowerCase()}:${day}`;
 }

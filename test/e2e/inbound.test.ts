@@ -286,6 +286,31 @@ describe('inbound abuse limits', () => {
       await proxy.close(100);
     }
   });
+  it('counts every spelling of one tag against one allowance (separators, case), for SRS and BATV', async () => {
+    const { proxy } = await startTestProxy({ inbound: { limits: { bouncesPerTag: 4, tagWindowSec: 3600 } } });
+    const s = srs('someone@partner.example');
+    const b = tag('alice@example.com');
+    // SRS: =, + and - after SRS0, and the whole local part in upper case (Mail::SRS accepts all of them)
+    const srsSpellings = ['=', '+', '-'].map((sep) => s.replace(/^SRS0=/, `SRS0${sep}`)).concat([s.toUpperCase().replace(/@SRS\.EXAMPLE\.NET$/, '@srs.example.net')]);
+    // BATV hashes the address as given (SPEC A.6), so only the tag type's case varies a valid tag
+    const batvSpellings = [b, b.replace(/^prvs=/, 'PRVS='), b.replace(/^prvs=/, 'Prvs='), b.replace(/^prvs=/, 'pRVS=')];
+    try {
+      for (const spellings of [srsSpellings, batvSpellings]) {
+        for (const rcpt of spellings) {
+          const t = await session(proxy);
+          expect(await t.cmd(`RCPT TO:<${rcpt}>`), rcpt).toBe('250 Accepted');
+          await t.quit();
+        }
+        for (const rcpt of spellings) {
+          const t = await session(proxy);
+          expect(await t.cmd(`RCPT TO:<${rcpt}>`)).toBe(`450 4.7.1 <${rcpt}>: too many bounces to this tagged address; try again later`);
+          await t.quit();
+        }
+      }
+    } finally {
+      await proxy.close(100);
+    }
+  });
 });
 
 describe('inbound Backscatterer safe mode (DNS server on loopback)', () => {
