@@ -169,7 +169,7 @@ export async function startProxy(initial: Config, opts: ProxyOptions = {}): Prom
   let verifyPolicy: VerifyPolicy;
   const derive = () => {
     signPolicy = { domains: config.domains, srs: srsOptions(config), exemptSenders: config.outbound.exemptSenders, exemptRecipients: config.outbound.exemptRecipients, overlong: config.outbound.overlong };
-    verifyPolicy = { domains: config.domains, srs: srsOptions(config), batvMaxAgeDays: config.batv.maxAgeDays, untaggedBounces: config.inbound.untaggedBounces, graceUntilMs: config.inbound.graceUntil === null ? null : Date.parse(config.inbound.graceUntil) };
+    verifyPolicy = { domains: config.domains, srs: srsOptions(config), batvMaxAgeDays: config.batv.maxAgeDays, untaggedBounces: config.inbound.untaggedBounces, graceUntilMs: config.inbound.graceUntil === null ? null : Date.parse(config.inbound.graceUntil), postmaster: config.postmaster };
   };
   derive();
 

@@ -130,6 +130,16 @@ describe('parseConfig() refuses bad settings', () => {
     expect(e.name).toBe('ConfigError');
   });
 
+  it('takes postmaster as an address, defaulting to postmaster@ the first domain', () => {
+    expect(parseConfig({ domains: ['a.example', 'b.example'] }).postmaster).toBe('postmaster@a.example');
+    expect(parseConfig({ postmaster: 'hostmaster@a.example' }).postmaster).toBe('hostmaster@a.example');
+    expect(problems({ postmaster: 'hostmaster' })).toEqual(['postmaster: "hostmaster" is not an address (write user@domain)']);
+  });
+
+  it('refuses timeouts.dataGraceMs at or above timeouts.clientDataMs', () => {
+    expect(problems({ timeouts: { clientDataMs: 60_000, dataGraceMs: 60_000 } })).toEqual(['timeouts.dataGraceMs: 60000 must be below timeouts.clientDataMs (60000)']);
+  });
+
   it('refuses hashMin above hashLength', () => {
     expect(problems({ srs: { hashLength: 6, hashMin: 7 } })).toEqual(['srs.hashMin: 7 is above srs.hashLength (6)']);
   });

@@ -28,6 +28,8 @@ export interface VerifyPolicy {
   readonly untaggedBounces: UntaggedBounces;
   /** Until then (epoch ms), untagged-bounce refusals are only "would refuse". */
   readonly graceUntilMs: number | null;
+  /** Where RCPT TO:<postmaster> (no domain; RFC 5321 4.1.1.3 requires it be accepted) is delivered. */
+  readonly postmaster: string;
 }
 
 export type Verdict =
@@ -55,6 +57,7 @@ export function decideRecipient(rcpt: string, sender: string, policy: VerifyPoli
   const domain = at < 0 ? '' : rcpt.slice(at + 1);
   const bounce = isNullSender(sender);
 
+  if (at < 0 && lowerAscii(rcpt) === 'postmaster') return { kind: 'deliver', to: policy.postmaster, route: 'mailbox', verdict: 'postmaster' };
   if (policy.srs && sameDomain(domain, policy.srs.domain)) {
     if (!/^SRS[01][=+-]/i.test(local)) return { kind: 'refuse', reply: replies.srsNotTagged(rcpt), reason: 'srs-not-tagged' };
     if (!keyring) return { kind: 'refuse', reply: replies.cannotSign('no key loaded to verify'), reason: 'no-key' };

@@ -72,6 +72,22 @@ describe('inbound verdicts at RCPT time', () => {
     expect(m!.body.toString()).toMatch(/^Received: from mx\.example\.net \(\[127\.0\.0\.1\]\)\r\n\tby proxy\.test \(batv-proxy\) with ESMTP id [0-9A-F]{12}\r\n\tfor <alice@example\.com>;\r\n\tThu, 1 Jan 2026 12:00:00 \+0000\r\nX-BATV-Proxy: batv-valid; key=0; age=0d; by=proxy\.test\r\nFrom: MAILER-DAEMON/);
   });
 
+  it('takes RCPT TO:<postmaster> without a domain (RFC 5321 4.1.1.3) and delivers it to postmaster@ the first domain', async () => {
+    for (const rcpt of ['postmaster', 'PostMaster']) {
+      const t = await session(proxy);
+      expect(await t.cmd(`RCPT TO:<${rcpt}>`)).toBe('250 Accepted');
+      expect((await t.data(BOUNCE)).end).toBe('250 Ok: queued as sink');
+      await t.quit();
+      const [m] = await mailbox.waitForMessages(1);
+      expect(m!.rcptTo).toEqual(['postmaster@example.com']);
+      mailbox.reset();
+    }
+    const t = await session(proxy);
+    // any other address without a domain is refused by smtp-server's own syntax check
+    expect(await t.cmd('RCPT TO:<webmaster>')).toBe('501 Error: Bad recipient address syntax');
+    await t.quit();
+  });
+
   it('accepts tags up to 7 days old and refuses them at 8 with "BATV signature expired"', async () => {
     const tagged = tag('alice@example.com');
     clock.set(T0 + 7 * MS_PER_DAY);

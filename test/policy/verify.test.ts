@@ -6,7 +6,7 @@ import { testKeyring, T0 } from '../helpers/proxy.js';
 import { MS_PER_DAY } from '../../src/clock.js';
 
 const ring = testKeyring('k0');
-const policy: VerifyPolicy = { domains: ['example.com'], srs: { ...SRS_DEFAULTS, domain: 'srs.example.net' }, batvMaxAgeDays: 7, untaggedBounces: 'reject', graceUntilMs: null };
+const policy: VerifyPolicy = { domains: ['example.com'], srs: { ...SRS_DEFAULTS, domain: 'srs.example.net' }, batvMaxAgeDays: 7, untaggedBounces: 'reject', postmaster: 'hostmaster@example.com', graceUntilMs: null };
 const tag = (a: string) => (batvSign(a, ring.signing, T0) as { address: string }).address;
 const srs = (a: string) => (srsForward(a, ring, policy.srs!, T0) as { address: string }).address;
 const line = (d: ReturnType<typeof decideRecipient>) => (d.kind === 'refuse' ? d.reply.line : d);
@@ -41,6 +41,10 @@ describe('decideRecipient()', () => {
       expect(decideRecipient('alice@example.com', '', { ...policy, untaggedBounces: mode }, ring, T0)).toMatchObject({ kind: 'deliver', verdict: `untagged-bounce-${mode}` });
     }
     expect(decideRecipient('PostMaster@example.com', '', policy, ring, T0)).toMatchObject({ kind: 'deliver', verdict: 'postmaster' });
+    // no domain: RFC 5321 4.1.1.3's <postmaster>, delivered to the configured postmaster address
+    for (const from of ['', 'someone@example.net']) {
+      expect(decideRecipient('postMaster', from, policy, ring, T0)).toStrictEqual({ kind: 'deliver', to: 'hostmaster@example.com', route: 'mailbox', verdict: 'postmaster' });
+    }
   });
 
   it('anything not ours is refused: never an open relay', () => {
