@@ -177,6 +177,7 @@ export async function startProxy(initial: Config, opts: ProxyOptions = {}): Prom
   const listenerOptions = (role: 'outbound' | 'inbound'): ListenerOptions => ({
     name: config.hostname,
     maxClients: config.limits.maxClients,
+    perClient: { max: config.limits.maxClientsPerIp, reply: replies.tooManyFromClient },
     maxMessageBytes: config.limits.maxMessageBytes,
     maxRecipients: config.limits.maxRecipients,
     clientIdleMs: config.timeouts.clientIdleMs,

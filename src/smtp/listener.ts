@@ -19,6 +19,11 @@ export interface ListenerOptions {
   readonly tls: { key: Buffer; cert: Buffer } | null;
   readonly authMethods: readonly string[];
   readonly allowInsecureAuth: boolean;
+  /**
+   * Connections one client IP may hold at once (limits.maxClientsPerIp), and the reply the next one gets
+   * before it is closed; absent = no per-client cap.
+   */
+  readonly perClient?: { readonly max: number; readonly reply: (ip: string) => SmtpReply };
   /** Peers allowed to send the HAProxy PROXY protocol header (replicas behind a TCP load balancer). */
   readonly useProxy?: readonly string[];
   /** Peers allowed to pass the real client on with XCLIENT (a front MTA). */
@@ -28,6 +33,7 @@ export interface ListenerOptions {
 /** Creates the server (not listening yet); `hooks` are smtp-server's on* handlers. */
 export function createListener(opts: ListenerOptions, hooks: Partial<SMTPServerOptions>): SMTPServer {
   installConnectionHooks();
+  if (opts.perClient) hooks = { ...hooks, ...perClientCap(opts.perClient, hooks) };
   return new SMTPServer({
     name: opts.name,
     banner: 'batv-proxy',
@@ -55,6 +61,38 @@ export function createListener(opts: ListenerOptions, hooks: Partial<SMTPServerO
     useXClient: opts.useXClient && opts.useXClient.length ? [...opts.useXClient] : false,
     ...hooks,
   } as SMTPServerOptions);
+}
+
+/**
+ * Counts open connections per client IP (the PROXY/XCLIENT address when one was given) and refuses the
+ * one over `max` before any other hook runs. smtp-server calls onClose once for every connection, the
+ * refused ones included, so only counted sessions are uncounted.
+ */
+function perClientCap(cap: NonNullable<ListenerOptions['perClient']>, hooks: Partial<SMTPServerOptions>): Pick<SMTPServerOptions, 'onConnect' | 'onClose'> {
+  const open = new Map<string, number>();
+  const counted = new WeakMap<object, string>();
+  const { onConnect, onClose } = hooks;
+  return {
+    onConnect(session, cb) {
+      const ip = session.remoteAddress;
+      const n = open.get(ip) ?? 0;
+      if (n >= cap.max) return cb(cap.reply(ip));
+      open.set(ip, n + 1);
+      counted.set(session, ip);
+      if (onConnect) onConnect(session, cb);
+      else cb();
+    },
+    onClose(session, ...rest) {
+      const ip = counted.get(session);
+      if (ip !== undefined) {
+        counted.delete(session);
+        const n = (open.get(ip) ?? 1) - 1;
+        if (n > 0) open.set(ip, n);
+        else open.delete(ip);
+      }
+      if (onClose) (onClose as (...a: unknown[]) => void).call(this, session, ...rest);
+    },
+  };
 }
 
 /** Anything thrown in a hook, as the reply the client gets. */

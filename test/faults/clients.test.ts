@@ -4,6 +4,7 @@
  * write. Same accounting as the next-hop faults: every 250 after DATA matches exactly one message the
  * next hop acknowledged, every other outcome (a refusal, or a client that vanished) matches none.
  */
+import net from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { FAULT_TIMEOUTS, startRig, type Role } from '../helpers/fault-rig.js';
 import { Ledger, sendMessage, tokenOf } from '../helpers/ledger.js';
@@ -164,6 +165,49 @@ describe('slow clients', () => {
       }
     });
   }
+});
+
+/** The first line another loopback address (127.0.0.2) gets, and its socket. */
+function greetFrom(port: number, localAddress: string): Promise<{ line: string; socket: net.Socket }> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ port, host: '127.0.0.1', localAddress });
+    let buf = '';
+    socket.on('data', (d) => {
+      buf += d.toString('latin1');
+      const i = buf.indexOf('\r\n');
+      if (i >= 0) resolve({ line: buf.slice(0, i), socket });
+    });
+    socket.on('error', reject);
+  });
+}
+
+describe.each(['outbound', 'inbound'] as const)('%s: one client address past limits.maxClientsPerIp', (role) => {
+  it.concurrent('its next connection gets 421 4.7.0 and is closed; other addresses still get in; a slot freed is reused', async () => {
+    const { proxy } = await startTestProxy({ timeouts: FAULT_TIMEOUTS, limits: { maxClients: 10, maxClientsPerIp: 3 } });
+    const port = role === 'outbound' ? proxy.outbound.port : proxy.inbound.port;
+    try {
+      const open: Talk[] = [];
+      for (let i = 0; i < 3; i++) {
+        const t = talk(port);
+        expect(await t.greeting).toBe('220 proxy.test ESMTP batv-proxy');
+        open.push(t);
+      }
+      const over = talk(port);
+      expect(await over.greeting).toBe('421 4.7.0 Too many connections from 127.0.0.1; try again later');
+      await over.closed;
+      const other = await greetFrom(port, '127.0.0.2');
+      expect(other.line).toBe('220 proxy.test ESMTP batv-proxy');
+      other.socket.destroy();
+      await open.pop()!.quit();
+      await sleep(50);
+      const again = talk(port);
+      expect(await again.greeting).toBe('220 proxy.test ESMTP batv-proxy');
+      await again.quit();
+      await Promise.all(open.map((t) => t.quit()));
+    } finally {
+      await proxy.close(50);
+    }
+  });
 });
 
 describe.each(['outbound', 'inbound'] as const)('%s: a connection flood past limits.maxClients', (role) => {
