@@ -16,11 +16,13 @@ import type { Auth } from './auth.js';
 import { passThrough, passThroughText, replyLine, NextHopError, type Reply } from './smtp/client.js';
 import { HeaderRewriter, protocolName, receivedHeader } from './smtp/headers.js';
 import { inNetworks } from './net/cidr.js';
-import { isSmtpReply } from './reply.js';
+import { isSmtpReply, type SmtpReply } from './reply.js';
+import { closeConnection } from './smtp/internals.js';
 import { bodyFrom, ClientLeft, SizeLimit, type ListenerOptions } from './smtp/listener.js';
 import { RelayLink, type HopAddress, type NextHopPool } from './smtp/relay.js';
 import { formatPath } from './tags/address.js';
 import { replies } from './policy/replies.js';
+import { clientParams, forNextHop } from './policy/params.js';
 
 export interface ProxyState {
   readonly config: Config;
@@ -69,7 +71,12 @@ export interface Transaction {
 const ID_PREFIX = randomBytes(3).toString('hex').toUpperCase();
 let idSeq = 0;
 
-export function newTransaction(ctx: RoleContext, session: SMTPServerSession, role: 'outbound' | 'inbound', sender: string, params: readonly string[]): Transaction {
+/**
+ * A new transaction at MAIL. Its parameters are checked here (src/policy/params.ts).
+ * @throws SmtpReply 555 5.5.4 for a parameter the proxy does not relay.
+ */
+export function newTransaction(ctx: RoleContext, session: SMTPServerSession, role: 'outbound' | 'inbound', sender: string, asSent: readonly string[]): Transaction {
+  const params = clientParams('MAIL', asSent, typeof session.user === 'string');
   return {
     id: `${ID_PREFIX}${(idSeq = (idSeq + 1) % 0x1000000).toString(16).toUpperCase().padStart(6, '0')}`,
     role,
@@ -166,7 +173,7 @@ async function timed<T>(ctx: RoleContext, txn: Transaction, stage: string, fn: (
 export async function relayMail(ctx: RoleContext, link: RelayLink, txn: Transaction, hop: HopAddress): Promise<void> {
   txn.hop = hop;
   txn.fields.nexthop = hop.url;
-  const reply = await timed(ctx, txn, 'mail', () => link.begin(hop, `MAIL FROM:${formatPath(txn.rewritten)}${paramText(txn.params)}`));
+  const reply = await timed(ctx, txn, 'mail', () => link.begin(hop, (ext) => `MAIL FROM:${formatPath(txn.rewritten)}${paramText(forNextHop(txn.params, ext))}`));
   txn.fields.mail_reply = replyLine(reply);
   if (reply.code >= 300) {
     const r = passThrough(reply);
@@ -181,7 +188,8 @@ export function checkRecipientLimit(ctx: RoleContext, txn: Transaction): void {
 }
 
 /** RCPT TO:<to> with the client's parameters; the record keeps both the address asked for and the one sent. */
-export async function relayRcpt(ctx: RoleContext, link: RelayLink, txn: Transaction, rcpt: string, to: string, params: readonly string[], verdict?: string): Promise<Reply> {
+export async function relayRcpt(ctx: RoleContext, link: RelayLink, txn: Transaction, rcpt: string, to: string, asSent: readonly string[], verdict?: string): Promise<Reply> {
+  const params = forNextHop(clientParams('RCPT', asSent, false), link.extensions);
   const rec: RcptRecord = { rcpt, to, ...(verdict ? { verdict } : {}) };
   txn.rcpts.push(rec);
   const reply = await timed(ctx, txn, 'rcpt', () => link.rcpt(`RCPT TO:${formatPath(to)}${paramText(params)}`));
@@ -227,10 +235,17 @@ export async function relayData(ctx: RoleContext, link: RelayLink, txn: Transact
   // A stage failing (size, header limit, client gone) aborts the next-hop session at once, whatever the
   // relay is waiting for, so a message cut short is never terminated; the client gets the stage's reply.
   const { body, drain, failure } = bodyFrom(stream, stages, () => link.abort());
+  const deadline = dataDeadline(config, size, (r) => {
+    // Abort the next hop (the stage failure does) and answer the client now: smtp-server would answer
+    // only after the end of DATA, which a dribbling client never sends.
+    size.destroy(r);
+    closeConnection(session.id, r.responseCode, `${r.enhanced} ${r.text}`);
+  });
   let reply: Reply;
   try {
     reply = await timed(ctx, txn, 'data', () => link.data(body, opts.beforeEnd), failure);
   } catch (e) {
+    clearInterval(deadline);
     drain();
     txn.fields.size = size.bytes;
     const cause = failure() ?? e;
@@ -240,6 +255,7 @@ export async function relayData(ctx: RoleContext, link: RelayLink, txn: Transact
     ctx.finishTransaction(txn, cause instanceof NextHopError ? 'nexthop-failed' : cause instanceof ClientLeft ? 'client-left' : refused ? 'data-refused' : 'aborted');
     throw cause;
   }
+  clearInterval(deadline);
   txn.fields.size = size.bytes;
   txn.fields.data_reply = replyLine(reply);
   if (reply.code >= 300) {
@@ -249,4 +265,27 @@ export async function relayData(ctx: RoleContext, link: RelayLink, txn: Transact
   }
   ctx.finishTransaction(txn, 'delivered');
   return passThroughText(reply);
+}
+
+/**
+ * The client's DATA deadline: timeouts.clientDataMs overall, and limits.minDataRate (bytes per second,
+ * averaged from the start) once timeouts.dataGraceMs has passed. smtp-server's idle timer restarts on
+ * every byte, so without this a client sending one byte a second holds a slot and a next-hop session
+ * for ever. Measured on the monotonic clock (durations, not dates).
+ */
+function dataDeadline(config: Config, size: SizeLimit, expire: (r: SmtpReply) => void): NodeJS.Timeout {
+  const { clientDataMs, dataGraceMs } = config.timeouts;
+  const minRate = config.limits.minDataRate;
+  const start = performance.now();
+  const timer = setInterval(() => {
+    const ms = performance.now() - start;
+    let why: string | null = null;
+    if (ms >= clientDataMs) why = `not complete after ${Math.round(clientDataMs / 1000)} s`;
+    else if (minRate > 0 && ms >= dataGraceMs && (size.bytes * 1000) / ms < minRate) why = `below ${minRate} bytes/s`;
+    if (why === null) return;
+    clearInterval(timer);
+    expire(replies.dataTooSlow(why));
+  }, Math.min(1000, dataGraceMs, clientDataMs) / 2);
+  timer.unref();
+  return timer;
 }

@@ -21,6 +21,9 @@
  *    command in it was answered, the end of DATA included), the connection is closed. A FIN in the
  *    middle of DATA therefore closes the connection with the message incomplete, which smtp-server turns
  *    into a destroyed DATA stream: the next hop never sees the end of that message.
+ *
+ * 3. Closing a connection with a reply at a moment of our choosing (closeConnection): the DATA deadline
+ *    must answer a client that is still sending, and smtp-server answers DATA only after its end.
  */
 import net from 'node:net';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
@@ -49,11 +52,28 @@ export function splitAddressCommand(command: string): RawAddress | null {
 type Parser = (this: unknown, name: string, command: unknown) => unknown;
 
 interface ConnectionInternals {
+  id: string;
   _socket: NodeJS.EventEmitter & { readyState: string };
   _parser: unknown;
   _closing: boolean;
   _closed: boolean;
   close(): void;
+  send(code: number, text: string): void;
+}
+
+/** Open connections by session id, for closeConnection() (hook 3). */
+const live = new Map<string, ConnectionInternals>();
+
+/**
+ * Hook 3: writes one reply line and closes the connection now, whatever smtp-server is waiting for (a
+ * client dribbling DATA never lets smtp-server answer; the DATA deadline must). False when it is gone.
+ */
+export function closeConnection(sessionId: string, code: number, text: string): boolean {
+  const c = live.get(sessionId);
+  if (!c || c._closing || c._closed) return false;
+  c.send(code, text);
+  c.close();
+  return true;
 }
 
 const HALF_CLOSE = Symbol.for('batv-proxy.half-close');
@@ -87,6 +107,8 @@ export function installConnectionHooks(): void {
           return state === 'writeOnly' ? 'open' : state;
         },
       });
+      live.set(this.id, this);
+      this._socket.once('close', () => live.delete(this.id));
       listen.call(this, cb);
     };
     proto._createParser = function (this: ConnectionInternals): NodeJS.EventEmitter {

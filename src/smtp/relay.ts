@@ -117,7 +117,7 @@ export class RelayLink {
    * first; switches sessions when the hop differs. A pooled session found dead at MAIL is replaced once
    * by a fresh one (nothing was accepted yet, so this is safe).
    */
-  async begin(hop: HopAddress, mailLine: string): Promise<Reply> {
+  async begin(hop: HopAddress, mail: string | ((extensions: ReadonlyMap<string, string>) => string)): Promise<Reply> {
     if (this.session && (this.session.closed || this.hop?.url !== hop.url)) this.release();
     if (this.session && this.inTransaction) {
       try {
@@ -134,8 +134,10 @@ export class RelayLink {
       reused = got.reused;
     }
     this.inTransaction = true;
+    // The line may depend on what this session's next hop advertised (parameters are relayed only then).
+    const line = (s: NextHopSession): string => (typeof mail === 'string' ? mail : mail(s.extensions));
     try {
-      return await this.session.command(mailLine);
+      return await this.session.command(line(this.session));
     } catch (e) {
       this.drop();
       if (!reused || !(e instanceof NextHopError) || e.kind !== 'closed') throw e;
@@ -143,7 +145,7 @@ export class RelayLink {
       this.hop = hop;
       this.inTransaction = true;
       try {
-        return await this.session.command(mailLine);
+        return await this.session.command(line(this.session));
       } catch (e2) {
         this.drop();
         throw e2;

@@ -167,6 +167,65 @@ describe('slow clients', () => {
   }
 });
 
+describe.each(['outbound', 'inbound'] as const)('%s: a client that dribbles DATA', (role) => {
+  const cases = [
+    {
+      name: 'past timeouts.clientDataMs',
+      over: { timeouts: { ...FAULT_TIMEOUTS, clientDataMs: 2000, dataGraceMs: 500 }, limits: { minDataRate: 0 } },
+      reply: '421 4.4.2 Message transfer too slow (not complete after 2 s); closing connection',
+      within: [1900, 3500],
+    },
+    {
+      name: 'below limits.minDataRate after timeouts.dataGraceMs',
+      over: { timeouts: { ...FAULT_TIMEOUTS, dataGraceMs: 600 }, limits: { minDataRate: 1000 } },
+      reply: '421 4.4.2 Message transfer too slow (below 1000 bytes/s); closing connection',
+      within: [550, 2000],
+    },
+  ];
+  for (const c of cases) {
+    it.concurrent(`${c.name}: gets one 421 line and is closed; the next hop never sees the end; the proxy goes on`, async () => {
+      const ledger = new Ledger(`slow-${role}`);
+      const rig = await startRig(role, { END: ledger.ackEnd() }, c.over);
+      try {
+        const { from, to } = who(role);
+        const t = await rig.session();
+        expect(await t.cmd(`MAIL FROM:<${from}>`)).toBe('250 Accepted');
+        expect(await t.cmd(`RCPT TO:<${to}>`)).toBe('250 Accepted');
+        t.write('DATA\r\n');
+        expect(await t.reply()).toBe('354 End data with <CR><LF>.<CR><LF>');
+        const started = Date.now();
+        let stop = false;
+        void (async () => {
+          t.write('Subject: slow\r\n\r\n');
+          // 20 bytes/s, well below any rate, for at most 5 s (bounded)
+          for (let i = 0; i < 100 && !stop; i++) {
+            t.write('x');
+            await sleep(50);
+          }
+        })().catch(() => undefined);
+        const line = await t.reply();
+        stop = true;
+        const took = Date.now() - started;
+        expect(line).toBe(c.reply);
+        expect(took).toBeGreaterThanOrEqual(c.within[0]!);
+        expect(took).toBeLessThan(c.within[1]!);
+        await t.closed;
+        const conn = rig.peer.connections.find((x) => x.commands.some((cmd) => cmd.startsWith('DATA')));
+        expect(conn).toBeDefined();
+        await until(() => conn!.isClosed);
+        expect(conn!.messages).toHaveLength(0);
+        expect(conn!.received.includes(TERMINATOR)).toBe(false);
+        const u = await rig.session();
+        expect((await sendMessage(u, ledger, { from, to: [to] })).end).toBe('250 2.0.0 Ok: queued as FAKE');
+        await u.quit();
+        expect(ledger.audit()).toEqual(CLEAN);
+      } finally {
+        await rig.close();
+      }
+    });
+  }
+});
+
 /** The first line another loopback address (127.0.0.2) gets, and its socket. */
 function greetFrom(port: number, localAddress: string): Promise<{ line: string; socket: net.Socket }> {
   return new Promise((resolve, reject) => {
