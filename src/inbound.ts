@@ -9,7 +9,7 @@
  */
 import { Transform, type TransformCallback } from 'node:stream';
 import type { SMTPServer, SMTPServerAddress, SMTPServerDataStream } from 'smtp-server';
-import type { RoleContext, Transaction } from './role.js';
+import type { DataOptions, RoleContext, Transaction } from './role.js';
 import { checkRecipientLimit, connections, newTransaction, relayData, relayMail, relayRcpt } from './role.js';
 import { decideRecipient, isNullSender, type RcptDecision } from './policy/verify.js';
 import { replies } from './policy/replies.js';
@@ -34,6 +34,9 @@ interface InboundTxn extends Transaction {
 }
 
 /** A pass-through tap that feeds the classifier. */
+/** Bytes of a classified bounce held back from the mailbox host until the classifier decides. */
+const HOLD_BYTES = 256 * 1024;
+
 class ClassifierTap extends Transform {
   constructor(readonly classifier: BounceClassifier) {
     super();
@@ -135,7 +138,8 @@ export function createInbound(ctx: RoleContext, deps: InboundDeps): SMTPServer {
             throw e;
           }
         }
-        ctx.metrics.verdicts.inc({ result: 'accepted', reason: d.verdict });
+        // A bounce held for the classifier is counted once, at DATA, as what it turned out to be.
+        if (d.verdict !== 'untagged-bounce-classify') ctx.metrics.verdicts.inc({ result: 'accepted', reason: d.verdict });
         await relayRcpt(ctx, c.link, txn, raw, d.to, rawParams, d.verdict);
       }, cb, unexpected);
     },
@@ -151,29 +155,40 @@ export function createInbound(ctx: RoleContext, deps: InboundDeps): SMTPServer {
         const d = txn.verdict;
         const extra = `${header}: ${verdictHeaderValue(d, config.hostname)}\r\n`;
         let taps: Transform[] = [];
-        let beforeEnd: (() => SmtpReply | null) | undefined;
+        let holdBack: DataOptions['holdBack'];
         if (d.verdict === 'untagged-bounce-classify') {
           const tap = new ClassifierTap(createBounceClassifier());
           taps = [tap];
-          beforeEnd = () => {
-            const k = tap.classifier.finish();
-            txn.fields.classified = `${k.kind}: ${k.reason}`;
-            if (k.kind !== 'dsn') return null;
-            const grace = config.inbound.graceUntil !== null && ctx.clock.now() < Date.parse(config.inbound.graceUntil);
-            if (grace) {
-              ctx.metrics.wouldRefuse.inc({ reason: 'untagged-dsn' });
-              txn.fields.would_refuse = true;
-              return null;
-            }
-            ctx.metrics.verdicts.inc({ result: 'refused', reason: 'untagged-dsn' });
-            return replies.untaggedDsn(k.reason);
+          // The mailbox host never sees a message we refuse: its DATA waits until the classifier has
+          // decided. It keeps at most the header block and 64 KiB of body (under HOLD_BYTES), so its
+          // verdict at HOLD_BYTES is the verdict for the whole message.
+          holdBack = {
+            bytes: HOLD_BYTES,
+            decide: () => {
+              const k = tap.classifier.finish();
+              txn.fields.classified = `${k.kind}: ${k.reason}`;
+              const n = txn.accepted;
+              if (k.kind !== 'dsn') {
+                ctx.metrics.verdicts.inc({ result: 'accepted', reason: d.verdict }, n);
+                return null;
+              }
+              const grace = config.inbound.graceUntil !== null && ctx.clock.now() < Date.parse(config.inbound.graceUntil);
+              if (grace) {
+                ctx.metrics.wouldRefuse.inc({ reason: 'untagged-dsn' });
+                ctx.metrics.verdicts.inc({ result: 'accepted', reason: d.verdict }, n);
+                txn.fields.would_refuse = true;
+                return null;
+              }
+              ctx.metrics.verdicts.inc({ result: 'refused', reason: 'untagged-dsn' }, n);
+              return replies.untaggedDsn(k.reason);
+            },
           };
         }
         return relayData(ctx, c.link, txn, stream, session, {
           extraHeaders: extra,
           strip: new Set([header.toLowerCase()]),
           taps,
-          ...(beforeEnd ? { beforeEnd } : {}),
+          ...(holdBack ? { holdBack } : {}),
         });
       }, cb, unexpected);
     },

@@ -3,7 +3,7 @@
  * the relaying of MAIL, RCPT and DATA with one log line per transaction.
  */
 import { randomBytes } from 'node:crypto';
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import type { SMTPServerSession } from 'smtp-server';
 import type { Clock } from './clock.js';
 import type { Config } from './config.js';
@@ -208,6 +208,11 @@ export interface DataOptions {
   readonly taps?: readonly import('node:stream').Transform[];
   /** Decides after the whole body was read and before the next hop's end-of-data; a reply refuses. */
   readonly beforeEnd?: () => import('./reply.js').SmtpReply | null;
+  /**
+   * Hold the next hop's DATA until `bytes` of the message (or all of it) have passed the stages, then
+   * ask `decide`: a reply refuses the message without DATA ever being sent to the next hop.
+   */
+  readonly holdBack?: { readonly bytes: number; decide(): SmtpReply | null };
 }
 
 /**
@@ -243,7 +248,14 @@ export async function relayData(ctx: RoleContext, link: RelayLink, txn: Transact
   });
   let reply: Reply;
   try {
-    reply = await timed(ctx, txn, 'data', () => link.data(body, opts.beforeEnd), failure);
+    let out: Readable = body;
+    if (opts.holdBack) {
+      const held = await readUpTo(body, opts.holdBack.bytes);
+      const veto = opts.holdBack.decide();
+      if (veto) throw veto;
+      out = held.ended ? Readable.from(held.chunks, { objectMode: false }) : Readable.from(prepend(held.chunks, body), { objectMode: false });
+    }
+    reply = await timed(ctx, txn, 'data', () => link.data(out, opts.beforeEnd), failure);
   } catch (e) {
     clearInterval(deadline);
     drain();
@@ -288,4 +300,42 @@ function dataDeadline(config: Config, size: SizeLimit, expire: (r: SmtpReply) =>
   }, Math.min(1000, dataGraceMs, clientDataMs) / 2);
   timer.unref();
   return timer;
+}
+
+/** Reads `body` until `max` bytes or its end, then leaves it paused; rejects if it fails or closes first. */
+function readUpTo(body: Readable, max: number): Promise<{ chunks: Buffer[]; ended: boolean }> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let n = 0;
+    const stop = (): void => {
+      body.pause(); // before the listener goes: a flowing stream without one would lose data
+      body.off('data', onData).off('end', onEnd).off('error', onError).off('close', onClose);
+    };
+    const onData = (c: Buffer): void => {
+      chunks.push(c);
+      n += c.length;
+      if (n >= max) {
+        stop();
+        resolve({ chunks, ended: false });
+      }
+    };
+    const onEnd = (): void => {
+      stop();
+      resolve({ chunks, ended: true });
+    };
+    const onError = (e: Error): void => {
+      stop();
+      reject(e);
+    };
+    const onClose = (): void => {
+      stop();
+      reject(new ClientLeft());
+    };
+    body.on('data', onData).once('end', onEnd).once('error', onError).once('close', onClose);
+  });
+}
+
+async function* prepend(head: readonly Buffer[], rest: Readable): AsyncGenerator<Buffer> {
+  yield* head;
+  for await (const c of rest) yield c as Buffer;
 }

@@ -262,21 +262,50 @@ describe('pooled next-hop sessions that died while idle', () => {
   }
 });
 
-describe('the proxy\'s own veto at end of data (inbound classify mode)', () => {
-  it('a delivery-status report to an untagged address is refused with 550 and the next hop never sees its end', async () => {
-    const ledger = new Ledger('veto');
+describe('the proxy\'s own veto in inbound classify mode', () => {
+  const dsnOf = (token: string, pad = '') => `From: MAILER-DAEMON@mx.example.net\r\nSubject: fault-token ${token}\r\nContent-Type: multipart/report; report-type=delivery-status; boundary="b"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nfailed\r\n--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.net\r\n\r\nFinal-Recipient: rfc822; x@example.net\r\nAction: failed\r\nStatus: 5.1.1\r\n--b--\r\n${pad}`;
+  for (const size of ['small', 'past the 256 KiB hold'] as const) {
+    it(`a ${size} delivery-status report to an untagged address is refused with 550; the mailbox host never gets DATA, and its connection is kept`, async () => {
+      const ledger = new Ledger('veto');
+      const rig = await startRig('inbound', { END: ledger.ackEnd() }, { inbound: { untaggedBounces: 'classify' } });
+      try {
+        const t = await rig.session();
+        const token = ledger.token();
+        const pad = size === 'small' ? '' : `${'p'.repeat(98)}\r\n`.repeat(4000);
+        const r = await sendMessage(t, ledger, { from: '', to: ['alice@example.com'], token, body: dsnOf(token, pad) });
+        expect(r.end).toBe('550 5.7.1 Delivery status report to an untagged address refused as backscatter (multipart/report; report-type=delivery-status)');
+        // the same client goes on: an ordinary message is delivered over the same next-hop session
+        const next = await sendMessage(t, ledger, { from: 'friend@example.net', to: ['alice@example.com'] });
+        expect(next.end).toBe('250 2.0.0 Ok: queued as FAKE');
+        await t.quit();
+        expect(rig.peer.connections).toHaveLength(1);
+        const conn = rig.peer.connections[0]!;
+        expect(conn.received.includes(Buffer.from(`fault-token ${token}`))).toBe(false);
+        expect(conn.commands.filter((c) => /^(MAIL|RCPT|DATA|RSET)/.test(c))).toEqual([
+          'MAIL FROM:<>', 'RCPT TO:<alice@example.com>', 'RSET', 'MAIL FROM:<friend@example.net>', 'RCPT TO:<alice@example.com>', 'DATA',
+        ]);
+        expect(ledger.audit()).toEqual({ lost: [], duplicated: [], phantom: [] });
+      } finally {
+        await rig.close();
+      }
+    });
+  }
+
+  it('a bounce the classifier lets through is relayed byte for byte after the hold', async () => {
+    const ledger = new Ledger('hold');
     const rig = await startRig('inbound', { END: ledger.ackEnd() }, { inbound: { untaggedBounces: 'classify' } });
     try {
       const t = await rig.session();
       const token = ledger.token();
-      const dsn = `From: MAILER-DAEMON@mx.example.net\r\nSubject: fault-token ${token}\r\nContent-Type: multipart/report; report-type=delivery-status; boundary="b"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nfailed\r\n--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.net\r\n\r\nFinal-Recipient: rfc822; x@example.net\r\nAction: failed\r\nStatus: 5.1.1\r\n--b--\r\n`;
-      const r = await sendMessage(t, ledger, { from: '', to: ['alice@example.com'], token, body: dsn });
-      expect(r.end).toBe('550 5.7.1 Delivery status report to an untagged address refused as backscatter (multipart/report; report-type=delivery-status)');
+      const body = `From: a@example.com\r\nSubject: fault-token ${token}\r\n\r\nI am on vacation.\r\n${`${'v'.repeat(98)}\r\n`.repeat(4000)}`;
+      const r = await sendMessage(t, ledger, { from: '', to: ['alice@example.com'], token, body });
+      expect(r.end).toBe('250 2.0.0 Ok: queued as FAKE');
       await t.quit();
-      const conn = rig.peer.connections.find((c) => c.received.includes(Buffer.from(`fault-token ${token}`)))!;
-      expect(conn.messages).toHaveLength(0);
-      expect(conn.received.subarray(conn.received.indexOf(Buffer.from('DATA\r\n'))).includes(Buffer.from('\r\n.\r\n'))).toBe(false);
       expect(ledger.audit()).toEqual({ lost: [], duplicated: [], phantom: [] });
+      const m = rig.peer.connections[0]!.messages[0]!;
+      // the peer records the wire bytes up to and including the terminator's ".<CRLF>"
+      expect(m.toString('latin1').endsWith(`\r\nX-BATV-Proxy: untagged-bounce-classify; by=proxy.test\r\n${body}.\r\n`)).toBe(true);
+      expect(m.length).toBeLessThan(body.length + 400);
     } finally {
       await rig.close();
     }
