@@ -8,23 +8,16 @@
  * a recipient that would need another gets 452 4.5.3 and comes in a later transaction.
  */
 import { Transform, type TransformCallback } from 'node:stream';
-import type { SMTPServer, SMTPServerAddress, SMTPServerDataStream } from 'smtp-server';
-import type { DataOptions, RoleContext, Transaction } from './role.js';
-import { checkRecipientLimit, connections, newTransaction, relayData, relayMail, relayRcpt } from './role.js';
+import type { SMTPServerAddress, SMTPServerDataStream } from 'smtp-server';
+import type { DataOptions, RelayContext, Transaction } from './transaction.js';
+import { checkRecipientLimit, connections, newTransaction, relayData, relayMail, relayRcpt } from './transaction.js';
 import { decideRecipient, isNullSender, type RcptDecision } from './policy/verify.js';
 import { replies } from './policy/replies.js';
-import { createListener, hook } from './smtp/listener.js';
+import { createListener, hook, type Listener } from './smtp/listener.js';
 import { rawOf } from './smtp/internals.js';
 import { SmtpReply } from './reply.js';
 import { utcDay } from './clock.js';
 import { createBounceClassifier, type BounceClassifier } from './inbound/classify.js';
-import type { Dnsbl } from './inbound/dnsbl.js';
-import type { AbuseLimits } from './inbound/limits.js';
-
-export interface InboundDeps {
-  readonly limits: () => AbuseLimits;
-  readonly dnsbl: () => Dnsbl | null;
-}
 
 interface InboundTxn extends Transaction {
   /** route + verdict of the first accepted recipient. */
@@ -33,10 +26,10 @@ interface InboundTxn extends Transaction {
   mailFailure: SmtpReply | null;
 }
 
-/** A pass-through tap that feeds the classifier. */
 /** Bytes of a classified bounce held back from the mailbox host until the classifier decides. */
 const HOLD_BYTES = 256 * 1024;
 
+/** A pass-through tap that feeds the classifier. */
 class ClassifierTap extends Transform {
   constructor(readonly classifier: BounceClassifier) {
     super();
@@ -55,7 +48,7 @@ function verdictHeaderValue(d: Extract<RcptDecision, { kind: 'deliver' }>, host:
   return parts.join('; ');
 }
 
-export function createInbound(ctx: RoleContext, deps: InboundDeps): SMTPServer {
+export function createInbound(ctx: RelayContext): Listener {
   const conns = connections<InboundTxn>(ctx, 'inbound');
   const conn = conns.get;
   const unexpected = conns.unexpected;
@@ -63,16 +56,16 @@ export function createInbound(ctx: RoleContext, deps: InboundDeps): SMTPServer {
   async function refuse(txn: InboundTxn, ip: string, rcpt: string, reply: SmtpReply, reason: string): Promise<never> { // issue 12: limits are async
     ctx.metrics.verdicts.inc({ result: 'refused', reason });
     txn.rcpts.push({ rcpt, to: rcpt, verdict: reason, reply: reply.line });
-    if (isNullSender(txn.sender) && await deps.limits().noteRefused(ip)) {
+    if (isNullSender(txn.sender) && await txn.rt.limits.noteRefused(ip)) {
       ctx.log.warn({ client: ip, role: 'inbound' }, 'client cooled off after too many refused bounces');
       ctx.metrics.rateLimited.inc({ kind: 'client' });
     }
     throw reply;
   }
 
-  return createListener(ctx.listenerOptions('inbound'), {
+  return createListener(ctx.runtime().listeners.inbound, {
     async onConnect(session, cb) { // issue 12: limits are async
-      if (await deps.limits().isCoolingOff(session.remoteAddress)) {
+      if (await ctx.runtime().limits.isCoolingOff(session.remoteAddress)) {
         ctx.metrics.rateLimited.inc({ kind: 'client' });
         return cb(replies.coolingOff(session.remoteAddress));
       }
@@ -83,11 +76,12 @@ export function createInbound(ctx: RoleContext, deps: InboundDeps): SMTPServer {
       hook(async () => {
         const c = conn(session);
         conns.reset(c);
+        // The snapshot this transaction keeps to its end (src/runtime.ts).
+        const rt = ctx.runtime();
         const ip = session.remoteAddress;
-        if (await deps.limits().isCoolingOff(ip)) throw replies.coolingOff(ip);
+        if (await rt.limits.isCoolingOff(ip)) throw replies.coolingOff(ip);
         const { raw, rawParams } = rawOf(address);
-        const { config } = ctx.state();
-        const dnsbl = deps.dnsbl();
+        const { config, dnsbl } = rt;
         if (dnsbl && dnsbl.applies(raw)) {
           const r = await dnsbl.lookup(ip);
           if ('error' in r) ctx.metrics.dnsbl.inc({ result: r.error === 'timeout' ? 'timeout' : 'error' });
@@ -101,7 +95,7 @@ export function createInbound(ctx: RoleContext, deps: InboundDeps): SMTPServer {
           }
         }
         // The next hop is chosen by the first accepted recipient, so MAIL goes out at that RCPT.
-        c.txn = { ...newTransaction(ctx, session, 'inbound', raw, rawParams), cls: null, verdict: null, mailFailure: null };
+        c.txn = { ...newTransaction(ctx, rt, session, 'inbound', raw, rawParams), cls: null, verdict: null, mailFailure: null };
       }, cb, unexpected);
     },
 
@@ -109,16 +103,16 @@ export function createInbound(ctx: RoleContext, deps: InboundDeps): SMTPServer {
       hook(async () => {
         const c = conn(session);
         const txn = c.txn;
-        if (!txn) throw new SmtpReply(503, '5.5.1', 'Need MAIL command first');
+        if (!txn) throw replies.needMail();
+        const { rt } = txn;
         const ip = session.remoteAddress;
-        if (await deps.limits().isCoolingOff(ip)) throw replies.coolingOff(ip);
-        checkRecipientLimit(ctx, txn);
+        if (await rt.limits.isCoolingOff(ip)) throw replies.coolingOff(ip);
+        checkRecipientLimit(txn);
         const { raw, rawParams } = rawOf(address);
-        const { keyring } = ctx.state();
-        const d = decideRecipient(raw, txn.sender, ctx.verifyPolicy(), keyring, ctx.clock.now());
+        const d = decideRecipient(raw, txn.sender, rt.verify, rt.keyring, ctx.clock.now());
         if (d.kind === 'refuse') return await refuse(txn, ip, raw, d.reply, d.reason);
         if (d.verdict === 'untagged-bounce-grace') ctx.metrics.wouldRefuse.inc({ reason: 'untagged-bounce' });
-        if ((d.verdict === 'batv-valid' || d.verdict === 'srs-valid') && isNullSender(txn.sender) && !(await deps.limits().takeTag(tagIdentity(d, ctx.clock.now())))) {
+        if ((d.verdict === 'batv-valid' || d.verdict === 'srs-valid') && isNullSender(txn.sender) && !(await rt.limits.takeTag(tagIdentity(d, ctx.clock.now())))) {
           ctx.metrics.rateLimited.inc({ kind: 'tag' });
           txn.rcpts.push({ rcpt: raw, to: d.to, verdict: 'tag-replayed', reply: '450' });
           throw replies.tagReplayed(raw);
@@ -132,7 +126,7 @@ export function createInbound(ctx: RoleContext, deps: InboundDeps): SMTPServer {
           txn.fields.verdict = d.verdict;
           if (d.keyNum !== undefined) txn.fields.key = d.keyNum;
           try {
-            await relayMail(ctx, c.link, txn, d.route === 'mailbox' ? ctx.mailboxHop() : ctx.outboundHop());
+            await relayMail(ctx, c.link, txn, d.route === 'mailbox' ? rt.hops.mailbox : rt.hops.outbound);
           } catch (e) {
             if (e instanceof SmtpReply) txn.mailFailure = e;
             throw e;
@@ -149,8 +143,8 @@ export function createInbound(ctx: RoleContext, deps: InboundDeps): SMTPServer {
         const c = conn(session);
         const txn = c.txn;
         c.txn = null;
-        if (!txn || !txn.verdict) throw new SmtpReply(503, '5.5.1', 'Need RCPT command first');
-        const { config } = ctx.state();
+        if (!txn || !txn.verdict) throw replies.needRcpt();
+        const { config, graceUntilMs } = txn.rt;
         const header = config.inbound.verdictHeader;
         const d = txn.verdict;
         const extra = `${header}: ${verdictHeaderValue(d, config.hostname)}\r\n`;
@@ -172,7 +166,7 @@ export function createInbound(ctx: RoleContext, deps: InboundDeps): SMTPServer {
                 ctx.metrics.verdicts.inc({ result: 'accepted', reason: d.verdict }, n);
                 return null;
               }
-              const grace = config.inbound.graceUntil !== null && ctx.clock.now() < Date.parse(config.inbound.graceUntil);
+              const grace = graceUntilMs !== null && ctx.clock.now() < graceUntilMs;
               if (grace) {
                 ctx.metrics.wouldRefuse.inc({ reason: 'untagged-dsn' });
                 ctx.metrics.verdicts.inc({ result: 'accepted', reason: d.verdict }, n);

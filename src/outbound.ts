@@ -6,14 +6,13 @@
  *                      ─RCPT─────────────────▶ relay RCPT (its reply, per recipient, at RCPT time)
  *                      ─DATA─▶ Received: + body ─▶ relay DATA (250 only after the next hop's 250)
  */
-import type { SMTPServer, SMTPServerAddress, SMTPServerDataStream } from 'smtp-server';
-import type { Conn, RoleContext } from './role.js';
-import { checkRecipientLimit, connections, newTransaction, relayData, relayMail, relayRcpt, type Transaction } from './role.js';
+import type { SMTPServerAddress, SMTPServerDataStream } from 'smtp-server';
+import type { Conn, RelayContext } from './transaction.js';
+import { checkRecipientLimit, connections, newTransaction, relayData, relayMail, relayRcpt, type Transaction } from './transaction.js';
 import { matchesEntry, signSender, type SignDecision } from './policy/sign.js';
 import { replies } from './policy/replies.js';
 import { parseMailbox } from './tags/address.js';
-import { inNetworks } from './net/cidr.js';
-import { createListener, hook } from './smtp/listener.js';
+import { createListener, hook, type Listener } from './smtp/listener.js';
 import { rawOf } from './smtp/internals.js';
 import { SmtpReply } from './reply.js';
 
@@ -25,14 +24,14 @@ interface OutboundTxn extends Transaction {
   exemptClass: boolean | null;
 }
 
-export function createOutbound(ctx: RoleContext): SMTPServer {
+export function createOutbound(ctx: RelayContext): Listener {
   const conns = connections<OutboundTxn>(ctx, 'outbound');
   const conn = conns.get;
   const unexpected = conns.unexpected;
 
   async function mailCommand(c: Conn<OutboundTxn>, txn: OutboundTxn, firstRecipient: string | undefined): Promise<void> {
-    const { keyring } = ctx.state();
-    const d = signSender(txn.sender, firstRecipient, ctx.signPolicy(), keyring, ctx.clock.now());
+    const { keyring, sign } = txn.rt;
+    const d = signSender(txn.sender, firstRecipient, sign, keyring, ctx.clock.now());
     txn.decision = d;
     if (d.kind === 'refused') {
       ctx.metrics.senders.inc({ result: 'refused', scheme: 'none' });
@@ -46,14 +45,14 @@ export function createOutbound(ctx: RoleContext): SMTPServer {
       if (d.overlong) ctx.metrics.overlong.inc();
     }
     ctx.metrics.senders.inc(d.kind === 'rewritten' ? { result: 'signed', scheme: d.scheme } : { result: d.reason === 'exempt-sender' || d.reason === 'exempt-recipient' ? 'exempt' : 'unchanged', scheme: 'none' });
-    await relayMail(ctx, c.link, txn, ctx.outboundHop());
+    await relayMail(ctx, c.link, txn, txn.rt.hops.outbound);
   }
 
-  return createListener(ctx.listenerOptions('outbound'), {
+  return createListener(ctx.runtime().listeners.outbound, {
     onAuth(auth, session, cb) {
-      ctx.auth.check(auth, session.remoteAddress).then(
-        (user) => (user ? cb(null, { user }) : cb(new SmtpReply(535, '5.7.8', 'Authentication credentials invalid'))),
-        (e: unknown) => { unexpected(e); cb(new SmtpReply(454, '4.7.0', 'Temporary authentication failure')); },
+      ctx.runtime().auth.check(auth, session.remoteAddress).then(
+        (user) => (user ? cb(null, { user }) : cb(replies.authInvalid())),
+        (e: unknown) => { unexpected(e); cb(replies.authTemporary()); },
       );
     },
 
@@ -61,21 +60,23 @@ export function createOutbound(ctx: RoleContext): SMTPServer {
       hook(async () => {
         const c = conn(session);
         conns.reset(c);
-        const { config } = ctx.state();
+        // The snapshot this transaction keeps to its end (src/runtime.ts).
+        const rt = ctx.runtime();
+        const { config } = rt;
         const ip = session.remoteAddress;
         const user = typeof session.user === 'string' ? session.user : undefined;
-        if (!user && !inNetworks(ip, config.outbound.allowNetworks)) {
+        if (!user && !rt.relayNetworks.has(ip)) {
           ctx.metrics.refusals.inc({ role: 'outbound', reason: 'relay-denied' });
-          throw ctx.auth.enabled ? replies.authRequired() : replies.relayDenied(ip);
+          throw rt.auth.enabled ? replies.authRequired() : replies.relayDenied(ip);
         }
         const { raw, rawParams } = rawOf(address);
         if (raw !== '') {
           const parsed = parseMailbox(raw);
           if (!parsed.ok) throw replies.badSender(raw, parsed.message);
         }
-        if (user && !ctx.auth.maySend(user, raw)) throw replies.senderNotOwned(raw, user);
+        if (user && !rt.auth.maySend(user, raw)) throw replies.senderNotOwned(raw, user);
         const txn: OutboundTxn = {
-          ...newTransaction(ctx, session, 'outbound', raw, rawParams),
+          ...newTransaction(ctx, rt, session, 'outbound', raw, rawParams),
           decision: null,
           deferredMail: null,
           mailFailure: null,
@@ -94,10 +95,10 @@ export function createOutbound(ctx: RoleContext): SMTPServer {
       hook(async () => {
         const c = conn(session);
         const txn = c.txn;
-        if (!txn) throw new SmtpReply(503, '5.5.1', 'Need MAIL command first');
-        checkRecipientLimit(ctx, txn);
+        if (!txn) throw replies.needMail();
+        checkRecipientLimit(txn);
         const { raw, rawParams } = rawOf(address);
-        const { config } = ctx.state();
+        const { config } = txn.rt;
         if (txn.deferredMail) {
           const exempt = matchesEntry(raw, config.outbound.exemptRecipients);
           if (txn.exemptClass === null) {
@@ -123,7 +124,7 @@ export function createOutbound(ctx: RoleContext): SMTPServer {
         const c = conn(session);
         const txn = c.txn;
         c.txn = null;
-        if (!txn) throw new SmtpReply(503, '5.5.1', 'Need MAIL command first');
+        if (!txn) throw replies.needMail();
         return relayData(ctx, c.link, txn, stream, session, { extraHeaders: '', strip: new Set() });
       }, cb, unexpected);
     },

@@ -55,3 +55,13 @@ export function inNetworks(ip: string, nets: readonly Cidr[]): boolean {
     return (n & mask) === c.base;
   });
 }
+
+export interface NetworkList {
+  readonly texts: readonly string[];
+  has(ip: string): boolean;
+}
+
+/** A list of ranges to match client addresses against. */
+export function networkList(nets: readonly Cidr[]): NetworkList {
+  return { texts: nets.map((n) => n.text), has: (ip) => inNetworks(ip, nets) };
+}

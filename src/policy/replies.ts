@@ -65,6 +65,18 @@ export const replies = {
   dataTooSlow: (why: string) => new SmtpReply(421, '4.4.2', `Message transfer too slow (${why}); closing connection`),
   /** A MAIL/RCPT parameter the proxy does not relay. */
   unknownParameter: (param: string) => new SmtpReply(555, '5.5.4', `Unsupported parameter ${param}`),
+  /** RCPT or DATA before MAIL. */
+  needMail: () => new SmtpReply(503, '5.5.1', 'Need MAIL command first'),
+  /** DATA before an accepted RCPT. */
+  needRcpt: () => new SmtpReply(503, '5.5.1', 'Need RCPT command first'),
+  /** Outbound AUTH: wrong user name or password. */
+  authInvalid: () => new SmtpReply(535, '5.7.8', 'Authentication credentials invalid'),
+  /** Outbound AUTH: the check itself failed (the client may retry). */
+  authTemporary: () => new SmtpReply(454, '4.7.0', 'Temporary authentication failure'),
+  /** DATA: the message passed limits.maxMessageBytes (the words smtp-server uses for the same limit). */
+  messageTooLarge: (limit: number) => new SmtpReply(552, '5.3.4', `Message exceeds fixed maximum message size ${limit}`),
+  /** The client's connection closed before the end of DATA (it hears nothing; the log says client-left). */
+  clientLeft: () => new SmtpReply(451, '4.4.2', 'Client connection closed before the end of the message'),
   tooManyRecipients: () => new SmtpReply(452, '4.5.3', 'Too many recipients'),
   headerTooLarge: () => new SmtpReply(552, '5.3.4', 'Message header too large'),
   internal: () => new SmtpReply(451, '4.3.0', 'Local error in processing; try again later'),

@@ -24,6 +24,12 @@
  *
  * 3. Closing a connection with a reply at a moment of our choosing (closeConnection): the DATA deadline
  *    must answer a client that is still sending, and smtp-server answers DATA only after its end.
+ *
+ * 4. Closing the idle connections at shutdown (closeIdleConnections): smtp-server's close() gives every
+ *    connection closeTimeout, idle ones included; a draining proxy tells those 421 at once.
+ *
+ * The run-time options (EHLO name, size, what EHLO offers) are written by the Listener in listener.ts:
+ * smtp-server reads `options` at each connection and command, and has no setter for them.
  */
 import net from 'node:net';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
@@ -139,4 +145,29 @@ export function installConnectionHooks(): void {
 export function rawOf(parsed: { address: string }): RawAddress {
   const r = (parsed as unknown as Record<symbol, RawAddress | undefined>)[RAW];
   return r ?? { raw: parsed.address, rawParams: [] };
+}
+
+interface IdleProbe {
+  session?: { envelope?: { mailFrom?: unknown } };
+  _dataStream?: unknown;
+  _closing?: boolean;
+  send(code: number, text: string): void;
+  close(): void;
+}
+
+/**
+ * Hook 4 (shutdown): tells every connection that has no transaction open (no MAIL accepted, not in
+ * DATA, not closing already) `code text` and closes it. smtp-server's own close() waits closeTimeout for
+ * every connection, idle ones included, and has no public list of its connections' states.
+ */
+export function closeIdleConnections(server: object, code: number, text: string): void {
+  const conns = (server as { connections?: Set<IdleProbe> }).connections;
+  if (!(conns instanceof Set)) throw new Error('smtp-server has no connections set; this version is not supported (shutdown cannot close idle connections)');
+  for (const c of conns) {
+    if (!c.session?.envelope?.mailFrom && !c._dataStream && !c._closing) {
+      c._closing = true;
+      c.send(code, text);
+      c.close();
+    }
+  }
 }

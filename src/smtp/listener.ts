@@ -1,13 +1,17 @@
 /**
- * smtp-server with the proxy's defaults, async hooks turned into callbacks exactly once, and body
- * plumbing that never destroys smtp-server's own DATA stream (destroying it would end the DATA phase
- * early and let the rest of the client's message be read as commands).
+ * The listener adapter (docs/architecture.md, "The listener adapter"): smtp-server with the proxy's
+ * defaults, its run-time settings and its shutdown in one class; async hooks turned into callbacks
+ * exactly once; and body plumbing that never destroys smtp-server's own DATA stream (destroying it would
+ * end the DATA phase early and let the rest of the client's message be read as commands). Private
+ * internals are touched only in internals.ts, beside this file.
  */
+import type { AddressInfo, Socket } from 'node:net';
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
 import { SmtpReply, isSmtpReply } from '../reply.js';
+import { replies } from '../policy/replies.js';
 import { NextHopError } from './client.js';
-import { installConnectionHooks } from './internals.js';
+import { closeIdleConnections, installConnectionHooks } from './internals.js';
 import { hasBareLineEnd } from './dotstuff.js';
 
 export interface ListenerOptions {
@@ -30,45 +34,148 @@ export interface ListenerOptions {
   readonly useXClient?: readonly string[];
 }
 
-/** Creates the server (not listening yet); `hooks` are smtp-server's on* handlers. */
-export function createListener(opts: ListenerOptions, hooks: Partial<SMTPServerOptions>): SMTPServer {
-  installConnectionHooks();
-  if (opts.perClient) hooks = { ...hooks, ...perClientCap(opts.perClient, hooks) };
-  return new SMTPServer({
-    name: opts.name,
-    banner: 'batv-proxy',
-    logger: false,
-    disableReverseLookup: true,
-    // A client's FIN ends only its side: replies it is still owed are written, then we close
-    // (src/smtp/internals.ts, half-closing clients).
-    allowHalfOpen: true,
-    secure: false,
-    // STARTTLS only with a configured certificate (smtp-server's built-in one has a published key);
-    // AUTH only when there is a users file.
-    ...(opts.tls ? { key: opts.tls.key, cert: opts.tls.cert } : {}),
-    disabledCommands: [...(opts.tls ? [] : ['STARTTLS']), ...(opts.authMethods.length ? [] : ['AUTH'])],
-    authMethods: [...opts.authMethods],
-    authOptional: true,
-    allowInsecureAuth: opts.allowInsecureAuth,
-    size: opts.maxMessageBytes,
-    maxClients: opts.maxClients,
-    // The recipient limit is enforced by the roles, with the proxy's own reply line (452 4.5.3).
-    maxRecipients: 0,
-    socketTimeout: opts.clientIdleMs,
-    closeTimeout: 30_000,
-    // An empty list trusts nobody (smtp-server treats a non-empty list as an allowlist).
-    useProxy: opts.useProxy && opts.useProxy.length ? [...opts.useProxy] : false,
-    useXClient: opts.useXClient && opts.useXClient.length ? [...opts.useXClient] : false,
-    ...hooks,
-  } as SMTPServerOptions);
+/** The EHLO extensions a listener offers only when its next hop does (advertise()). */
+const FOLLOWED = ['8BITMIME', 'SMTPUTF8', 'DSN', 'REQUIRETLS'] as const;
+
+/**
+ * One smtp-server listener and every contact the proxy has with it (apart from the hooks in
+ * internals.ts): creating it, binding it, changing the settings a reload may change, following the next
+ * hop's extensions, and closing it. smtp-server reads `options` at each connection and command and has
+ * no public API for changing them, so apply() and advertise() write them here and nowhere else;
+ * test/smtp/listener.test.ts pins that EHLO and the size check follow.
+ */
+export class Listener {
+  private readonly smtp: SMTPServer;
+  private opts: ListenerOptions;
+  private readonly cap: { max: number; reply: (ip: string) => SmtpReply } | null;
+  private hopExtensions: ReadonlyMap<string, string> | null = null;
+
+  /** Creates the server (not listening yet); `hooks` are smtp-server's on* handlers. */
+  constructor(opts: ListenerOptions, hooks: Partial<SMTPServerOptions>) {
+    installConnectionHooks();
+    this.opts = opts;
+    this.cap = opts.perClient ? { ...opts.perClient } : null;
+    if (this.cap) hooks = { ...hooks, ...perClientCap(this.cap, hooks) };
+    this.smtp = new SMTPServer({
+      name: opts.name,
+      banner: 'batv-proxy',
+      logger: false,
+      disableReverseLookup: true,
+      // A client's FIN ends only its side: replies it is still owed are written, then we close
+      // (src/smtp/internals.ts, half-closing clients).
+      allowHalfOpen: true,
+      secure: false,
+      // STARTTLS only with a configured certificate (smtp-server's built-in one has a published key);
+      // AUTH only when there is a users file.
+      ...(opts.tls ? { key: opts.tls.key, cert: opts.tls.cert } : {}),
+      disabledCommands: [...(opts.tls ? [] : ['STARTTLS']), ...(opts.authMethods.length ? [] : ['AUTH'])],
+      authMethods: [...opts.authMethods],
+      authOptional: true,
+      allowInsecureAuth: opts.allowInsecureAuth,
+      size: opts.maxMessageBytes,
+      maxClients: opts.maxClients,
+      // The recipient limit is enforced by the roles, with the proxy's own reply line (452 4.5.3).
+      maxRecipients: 0,
+      socketTimeout: opts.clientIdleMs,
+      closeTimeout: 30_000,
+      // An empty list trusts nobody (smtp-server treats a non-empty list as an allowlist).
+      useProxy: opts.useProxy && opts.useProxy.length ? [...opts.useProxy] : false,
+      useXClient: opts.useXClient && opts.useXClient.length ? [...opts.useXClient] : false,
+      ...hooks,
+    } as SMTPServerOptions);
+  }
+
+  private get options(): Record<string, unknown> {
+    return this.smtp.options as unknown as Record<string, unknown>;
+  }
+
+  /** Binds to host:port (port 0: any free port) and resolves with the bound address. */
+  listen(host: string, port: number): Promise<{ host: string; port: number }> {
+    return new Promise((resolve, reject) => {
+      const onError = (e: Error) => reject(e);
+      this.smtp.server.once('error', onError);
+      this.smtp.listen(port, host, () => {
+        this.smtp.server.off('error', onError);
+        const a = this.smtp.server.address() as AddressInfo;
+        resolve({ host: a.address, port: a.port });
+      });
+    });
+  }
+
+  /** Errors of the listening socket. */
+  onError(fn: (e: Error) => void): void {
+    this.smtp.on('error', fn);
+  }
+
+  /** Every accepted socket (also those refused at connect), for counting open connections. */
+  onSocket(fn: (socket: Socket) => void): void {
+    this.smtp.server.on('connection', fn);
+  }
+
+  /**
+   * Takes the settings of a new snapshot that smtp-server can change while running: the EHLO name, the
+   * size limit, the client limits and the idle timeout (for connections from now on), and the TLS
+   * certificate when TLS stays on. Returns what it applied that an operator should hear about.
+   * Switching TLS or AUTH on or off, and the PROXY/XCLIENT allowlists, need a restart (src/runtime.ts).
+   */
+  apply(next: ListenerOptions): string[] {
+    const notes: string[] = [];
+    const o = this.options;
+    o.name = next.name;
+    o.maxClients = next.maxClients;
+    o.socketTimeout = next.clientIdleMs;
+    if (this.cap && next.perClient) this.cap.max = next.perClient.max;
+    if (this.opts.tls && next.tls && (!this.opts.tls.key.equals(next.tls.key) || !this.opts.tls.cert.equals(next.tls.cert))) {
+      this.smtp.updateSecureContext({ key: next.tls.key, cert: next.tls.cert });
+      notes.push('tls: certificate and key reloaded (new connections use them)');
+    }
+    this.opts = { ...next, tls: this.opts.tls && next.tls ? next.tls : this.opts.tls };
+    this.offer();
+    return notes;
+  }
+
+  /** Offers clients only what the next hop offers (8BITMIME, SMTPUTF8, DSN, REQUIRETLS, SIZE). */
+  advertise(extensions: ReadonlyMap<string, string>): void {
+    this.hopExtensions = extensions;
+    this.offer();
+  }
+
+  private offer(): void {
+    const o = this.options;
+    const ext = this.hopExtensions;
+    const limit = this.opts.maxMessageBytes;
+    if (ext) for (const k of FOLLOWED) o[`hide${k}`] = !ext.has(k);
+    const hopSize = Number(ext?.get('SIZE') ?? 0);
+    o.size = hopSize > 0 ? Math.min(hopSize, limit) : limit;
+  }
+
+  /**
+   * Stops accepting. A connection between transactions is told `reply` at once; one in the middle of a
+   * transaction may finish it within `graceMs` and is then told it too (smtp-server's own close says
+   * "421 Server shutting down" to whatever is left after closeTimeout).
+   */
+  close(graceMs: number, reply: SmtpReply): Promise<void> {
+    this.options.closeTimeout = graceMs;
+    const stopped = new Promise<void>((r) => this.smtp.close(() => r()));
+    const sweep = () => closeIdleConnections(this.smtp, reply.responseCode, `${reply.enhanced} ${reply.text}`);
+    sweep();
+    const timer = setInterval(sweep, 50);
+    return stopped.finally(() => clearInterval(timer));
+  }
+}
+
+/** Creates a listener (not listening yet); `hooks` are smtp-server's on* handlers. */
+export function createListener(opts: ListenerOptions, hooks: Partial<SMTPServerOptions>): Listener {
+  return new Listener(opts, hooks);
 }
 
 /**
  * Counts open connections per client IP (the PROXY/XCLIENT address when one was given) and refuses the
- * one over `max` before any other hook runs. smtp-server calls onClose once for every connection, the
- * refused ones included, so only counted sessions are uncounted.
+ * one over `cap.max` (read at each connection, so a reload changes it) before any other hook runs.
+ * smtp-server calls onClose once for every connection, the refused ones included, so only counted
+ * sessions are uncounted.
  */
-function perClientCap(cap: NonNullable<ListenerOptions['perClient']>, hooks: Partial<SMTPServerOptions>): Pick<SMTPServerOptions, 'onConnect' | 'onClose'> {
+function perClientCap(cap: { readonly max: number; readonly reply: (ip: string) => SmtpReply }, hooks: Partial<SMTPServerOptions>): Pick<SMTPServerOptions, 'onConnect' | 'onClose'> {
   const open = new Map<string, number>();
   const counted = new WeakMap<object, string>();
   const { onConnect, onClose } = hooks;
@@ -99,7 +206,7 @@ function perClientCap(cap: NonNullable<ListenerOptions['perClient']>, hooks: Par
 export function toReply(e: unknown): SmtpReply {
   if (isSmtpReply(e)) return e;
   if (e instanceof NextHopError) return e.toSmtpReply();
-  return new SmtpReply(451, '4.3.0', 'Local error in processing; try again later');
+  return replies.internal();
 }
 
 /**
@@ -141,7 +248,7 @@ export class SizeLimit extends Transform {
   }
   override _transform(chunk: Buffer, _e: BufferEncoding, cb: TransformCallback): void {
     this.seen += chunk.length;
-    if (this.seen > this.limit) return cb(new SmtpReply(552, '5.3.4', `Message exceeds fixed maximum message size ${this.limit}`));
+    if (this.seen > this.limit) return cb(replies.messageTooLarge(this.limit));
     if (this.refuseBareLineEnds) {
       const bad = hasBareLineEnd(chunk, this.lastCR);
       this.lastCR = chunk[chunk.length - 1] === 0x0d;
@@ -160,7 +267,8 @@ export class SizeLimit extends Transform {
 /** The client's connection closed before the end of the message (the transaction logs `client-left`). */
 export class ClientLeft extends SmtpReply {
   constructor() {
-    super(451, '4.4.2', 'Client connection closed before the end of the message');
+    const r = replies.clientLeft();
+    super(r.responseCode, r.enhanced, r.text);
   }
 }
 

@@ -5,7 +5,7 @@
  * Pure apart from the injected Clock; `sample` reads the counters it is given.
  */
 import type { Clock } from '../clock.js';
-import type { Transaction } from '../role.js';
+import type { Transaction } from '../transaction.js';
 import { Ring } from './ring.js';
 import { TimeBuckets } from './buckets.js';
 
@@ -110,7 +110,7 @@ export class StatusBook {
   }
 
   /** Takes the refusals and would-refusals of a finished transaction into the ring. */
-  transaction(txn: Transaction, _outcome: string): void {
+  transaction(txn: Omit<Transaction, 'rt'>, _outcome: string): void {
     const f = txn.fields;
     const base = {
       time: this.clock.now(),

@@ -2,20 +2,19 @@
  * Pins every hook src/smtp/internals.ts puts into smtp-server on the installed version: if an upgrade
  * renames or reshapes what a hook relies on, these fail (docs/architecture.md, "The listener adapter").
  */
-import net from 'node:net';
 import { createRequire } from 'node:module';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { SMTPServer } from 'smtp-server';
 import { installConnectionHooks, rawOf, splitAddressCommand } from '../../src/smtp/internals.js';
-import { createListener } from '../../src/smtp/listener.js';
+import { createListener, type Listener } from '../../src/smtp/listener.js';
+import { replies } from '../../src/policy/replies.js';
 import { halfClose } from '../helpers/half-close.js';
 
 const require = createRequire(import.meta.url);
 const installed = (require('smtp-server/package.json') as { version: string }).version;
 
-let server: SMTPServer | null = null;
+let server: Listener | null = null;
 afterEach(async () => {
-  await new Promise<void>((r) => (server ? server.close(() => r()) : r()));
+  await server?.close(0, replies.shuttingDown());
   server = null;
 });
 
@@ -24,8 +23,7 @@ async function listen(hooks: Parameters<typeof createListener>[1]): Promise<numb
     { name: 'pin.test', maxClients: 10, maxMessageBytes: 1_000_000, maxRecipients: 10, clientIdleMs: 10_000, tls: null, authMethods: [], allowInsecureAuth: false },
     hooks,
   );
-  await new Promise<void>((r) => server!.listen(0, '127.0.0.1', () => r()));
-  return (server.server.address() as net.AddressInfo).port;
+  return (await server.listen('127.0.0.1', 0)).port;
 }
 
 describe(`smtp-server ${installed}: the internals the adapter hooks`, () => {

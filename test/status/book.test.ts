@@ -6,14 +6,14 @@
 import { describe, expect, it } from 'vitest';
 import { fixedClock } from '../../src/clock.js';
 import { createMetrics } from '../../src/metrics.js';
-import type { Transaction } from '../../src/role.js';
+import type { Transaction } from '../../src/transaction.js';
 import { StatusBook } from '../../src/status/book.js';
 import { cachedProbe } from '../../src/status/probe.js';
 
 const T = Date.parse('2026-01-01T12:00:00Z');
 const MIN = 60_000;
 
-function txn(over: Partial<Transaction> & { fields?: Record<string, unknown> }): Transaction {
+function txn(over: Partial<Omit<Transaction, 'rt'>> & { fields?: Record<string, unknown> }): Omit<Transaction, 'rt'> {
   return {
     id: 'ABC000001', role: 'inbound', sender: '', params: [], rewritten: '', hop: null, rcpts: [], accepted: 0, startedMs: T, done: true, utf8: false,
     ...over,

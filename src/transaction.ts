@@ -1,6 +1,7 @@
 /**
- * What both roles share: the context they run in (swappable config and keys, pool, log, metrics) and
- * the relaying of MAIL, RCPT and DATA with one log line per transaction.
+ * The transaction relaying both listeners share: the context they run in (the current runtime snapshot,
+ * pool, log, metrics), a transaction that keeps the snapshot it started with from MAIL to its end, and
+ * the relaying of MAIL, RCPT and DATA with one log line per transaction (docs/architecture.md).
  */
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
@@ -9,38 +10,24 @@ import type { Clock } from './clock.js';
 import type { Config } from './config.js';
 import type { Logger } from './log.js';
 import type { Metrics } from './metrics.js';
-import type { SignPolicy } from './policy/sign.js';
-import type { VerifyPolicy } from './policy/verify.js';
-import type { TagKeyring } from './tags/keyring.js';
-import type { Auth } from './auth.js';
+import type { Role, Runtime } from './runtime.js';
 import { passThrough, passThroughText, replyLine, NextHopError, type Reply } from './smtp/client.js';
 import { HeaderRewriter, protocolName, receivedHeader } from './smtp/headers.js';
-import { inNetworks } from './net/cidr.js';
 import { isSmtpReply, type SmtpReply } from './reply.js';
 import { closeConnection } from './smtp/internals.js';
-import { bodyFrom, ClientLeft, SizeLimit, type ListenerOptions } from './smtp/listener.js';
+import { bodyFrom, ClientLeft, SizeLimit } from './smtp/listener.js';
 import { RelayLink, type HopAddress, type NextHopPool } from './smtp/relay.js';
 import { formatPath } from './tags/address.js';
 import { replies } from './policy/replies.js';
 import { clientParams, forNextHop } from './policy/params.js';
 
-export interface ProxyState {
-  readonly config: Config;
-  readonly keyring: TagKeyring | null;
-}
-
-export interface RoleContext {
-  state(): ProxyState;
+export interface RelayContext {
+  /** The current snapshot. A transaction reads it once, at MAIL (Transaction.rt); see src/runtime.ts. */
+  runtime(): Runtime;
   readonly clock: Clock;
   readonly pool: NextHopPool;
   readonly log: Logger;
   readonly metrics: Metrics;
-  readonly auth: Auth;
-  signPolicy(): SignPolicy;
-  verifyPolicy(): VerifyPolicy;
-  outboundHop(): HopAddress;
-  mailboxHop(): HopAddress;
-  listenerOptions(role: 'outbound' | 'inbound'): ListenerOptions;
   finishTransaction(txn: Transaction | null, outcome: string): void;
 }
 
@@ -53,7 +40,9 @@ export interface RcptRecord {
 
 export interface Transaction {
   readonly id: string;
-  readonly role: 'outbound' | 'inbound';
+  readonly role: Role;
+  /** The runtime snapshot taken at MAIL: every decision of this transaction is made with it. */
+  readonly rt: Runtime;
   readonly sender: string;
   readonly params: readonly string[];
   rewritten: string;
@@ -75,11 +64,12 @@ let idSeq = 0;
  * A new transaction at MAIL. Its parameters are checked here (src/policy/params.ts).
  * @throws SmtpReply 555 5.5.4 for a parameter the proxy does not relay.
  */
-export function newTransaction(ctx: RoleContext, session: SMTPServerSession, role: 'outbound' | 'inbound', sender: string, asSent: readonly string[]): Transaction {
+export function newTransaction(ctx: RelayContext, rt: Runtime, session: SMTPServerSession, role: Role, sender: string, asSent: readonly string[]): Transaction {
   const params = clientParams('MAIL', asSent, typeof session.user === 'string');
   return {
     id: `${ID_PREFIX}${(idSeq = (idSeq + 1) % 0x1000000).toString(16).toUpperCase().padStart(6, '0')}`,
     role,
+    rt,
     sender,
     params,
     rewritten: sender,
@@ -103,7 +93,7 @@ export interface Conn<T extends Transaction> {
  * Per-connection state for a role, kept beside smtp-server's session (never on it), plus the two things
  * every role does with it: start over at MAIL, and clean up when the client leaves.
  */
-export function connections<T extends Transaction>(ctx: RoleContext, role: 'outbound' | 'inbound') {
+export function connections<T extends Transaction>(ctx: RelayContext, role: Role) {
   const table = new WeakMap<SMTPServerSession, Conn<T>>();
   return {
     get(session: SMTPServerSession): Conn<T> {
@@ -133,7 +123,7 @@ export function connections<T extends Transaction>(ctx: RoleContext, role: 'outb
 
 const paramText = (params: readonly string[]) => (params.length ? ` ${params.join(' ')}` : '');
 
-function noteFailure(ctx: RoleContext, txn: Transaction, e: unknown): void {
+function noteFailure(ctx: RelayContext, txn: Transaction, e: unknown): void {
   if (e instanceof NextHopError) {
     ctx.metrics.nextHopFailures.inc({ role: txn.role, stage: e.stage, kind: e.kind });
     txn.fields.nexthop_error = e.message;
@@ -142,7 +132,7 @@ function noteFailure(ctx: RoleContext, txn: Transaction, e: unknown): void {
 
 /** Histogram children per role and stage, looked up once (labels() per observation is costly). */
 const stageChildren = new WeakMap<object, Map<string, { observe(v: number): void }>>();
-function stageChild(ctx: RoleContext, role: string, stage: string): { observe(v: number): void } {
+function stageChild(ctx: RelayContext, role: string, stage: string): { observe(v: number): void } {
   let m = stageChildren.get(ctx.metrics.stageSeconds);
   if (!m) stageChildren.set(ctx.metrics.stageSeconds, (m = new Map()));
   const k = `${role}/${stage}`;
@@ -155,7 +145,7 @@ function stageChild(ctx: RoleContext, role: string, stage: string): { observe(v:
  * Runs one next-hop stage, observing its latency. A failure is counted against the next hop unless
  * `ours()` says the proxy itself ended the stage (a body stage failed and we aborted the session).
  */
-async function timed<T>(ctx: RoleContext, txn: Transaction, stage: string, fn: () => Promise<T>, ours: () => unknown = () => null): Promise<T> {
+async function timed<T>(ctx: RelayContext, txn: Transaction, stage: string, fn: () => Promise<T>, ours: () => unknown = () => null): Promise<T> {
   const t0 = performance.now();
   const child = stageChild(ctx, txn.role, stage);
   const end = () => child.observe((performance.now() - t0) / 1000);
@@ -170,7 +160,7 @@ async function timed<T>(ctx: RoleContext, txn: Transaction, stage: string, fn: (
 }
 
 /** MAIL FROM:<rewritten> with the client's parameters as sent. Throws the next hop's refusal as a reply. */
-export async function relayMail(ctx: RoleContext, link: RelayLink, txn: Transaction, hop: HopAddress): Promise<void> {
+export async function relayMail(ctx: RelayContext, link: RelayLink, txn: Transaction, hop: HopAddress): Promise<void> {
   txn.hop = hop;
   txn.fields.nexthop = hop.url;
   const reply = await timed(ctx, txn, 'mail', () => link.begin(hop, (ext) => `MAIL FROM:${formatPath(txn.rewritten)}${paramText(forNextHop(txn.params, ext))}`));
@@ -183,12 +173,12 @@ export async function relayMail(ctx: RoleContext, link: RelayLink, txn: Transact
 }
 
 /** Refuses a recipient past limits.maxRecipients (counting those the transaction already accepted). */
-export function checkRecipientLimit(ctx: RoleContext, txn: Transaction): void {
-  if (txn.accepted >= ctx.state().config.limits.maxRecipients) throw replies.tooManyRecipients();
+export function checkRecipientLimit(txn: Transaction): void {
+  if (txn.accepted >= txn.rt.config.limits.maxRecipients) throw replies.tooManyRecipients();
 }
 
 /** RCPT TO:<to> with the client's parameters; the record keeps both the address asked for and the one sent. */
-export async function relayRcpt(ctx: RoleContext, link: RelayLink, txn: Transaction, rcpt: string, to: string, asSent: readonly string[], verdict?: string): Promise<Reply> {
+export async function relayRcpt(ctx: RelayContext, link: RelayLink, txn: Transaction, rcpt: string, to: string, asSent: readonly string[], verdict?: string): Promise<Reply> {
   const params = forNextHop(clientParams('RCPT', asSent, false), link.extensions);
   const rec: RcptRecord = { rcpt, to, ...(verdict ? { verdict } : {}) };
   txn.rcpts.push(rec);
@@ -219,8 +209,8 @@ export interface DataOptions {
  * DATA: Received: (and extra headers) prepended, the body streamed through. Resolves with the text of
  * the next hop's 250 for the client; throws its refusal, or a 4xx on transport failure.
  */
-export async function relayData(ctx: RoleContext, link: RelayLink, txn: Transaction, stream: Readable, session: SMTPServerSession, opts: DataOptions): Promise<string> {
-  const { config } = ctx.state();
+export async function relayData(ctx: RelayContext, link: RelayLink, txn: Transaction, stream: Readable, session: SMTPServerSession, opts: DataOptions): Promise<string> {
+  const { config } = txn.rt;
   const received = receivedHeader({
     helo: session.hostNameAppearsAs || 'unknown',
     clientIp: session.remoteAddress,
@@ -234,7 +224,7 @@ export async function relayData(ctx: RoleContext, link: RelayLink, txn: Transact
   });
   // limits.bareLineEnds: "reject" refuses bare CR/LF and NUL unless the client is exempt; otherwise the
   // next-hop encoder normalises them (docs/smuggling.md).
-  const refuseBare = config.limits.bareLineEnds === 'reject' && !inNetworks(session.remoteAddress, config.limits.bareLineEndsExempt);
+  const refuseBare = config.limits.bareLineEnds === 'reject' && !txn.rt.bareLineEndsExempt.has(session.remoteAddress);
   const size = new SizeLimit(config.limits.maxMessageBytes, refuseBare ? replies.bareLineEnd() : null);
   const stages = [size, ...(opts.taps ?? []), new HeaderRewriter(Buffer.from(received + opts.extraHeaders, 'utf8'), opts.strip)];
   // A stage failing (size, header limit, client gone) aborts the next-hop session at once, whatever the
