@@ -4,9 +4,10 @@
  */
 import fs from 'node:fs';
 import os from 'node:os';
+import { Resolver } from 'node:dns';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ConfigError, loadConfig, parseConfig, redacted, type Config } from '../src/config.js';
+import { ConfigError, DEFAULTS, loadConfig, parseConfig, redacted, type Config } from '../src/config.js';
 
 let tmp: string;
 beforeAll(() => {
@@ -54,10 +55,7 @@ const DESIGN_EXAMPLE = {
   metrics: { listen: '127.0.0.1:9425' },
 };
 
-const LOOPBACK_NETS = [
-  { text: '127.0.0.0/8', family: 4, bits: 8, base: 0x7f000000n },
-  { text: '::1/128', family: 6, bits: 128, base: 1n },
-];
+const LOOPBACK_NETS = ['127.0.0.0/8', '::1/128'];
 
 describe('parseConfig() defaults', () => {
   it('parses an empty object into the embedded defaults (loopback listeners, capture, no relay)', () => {
@@ -112,18 +110,20 @@ describe('parseConfig() refuses bad settings', () => {
       tls: { key: 'k.pem' },
       timeouts: { clientIdleMs: 600_000 },
     }));
+    // Unknown settings first, then the settings in the schema's order (each section's rules after its
+    // settings), then the rules across sections.
     const expected = [
       'foo: unknown setting',
-      'srs.domain: "EXAMPLE.COM" is one of our domains; SRS needs a domain of its own (e.g. srs.EXAMPLE.COM)',
       'srs.hashMin: 9 is above srs.hashLength (4)',
+      'batv.maxAgeDays: must be a whole number from 0 to 100 (found -1)',
+      'outbound.listen: "localhost" must be host:port, e.g. 127.0.0.1:2525 or [::1]:2525',
+      'outbound.relay: "http://relay.example" must start with smtp:// or smtps://',
       'outbound.allowNetworks: "10.0.0.0/33" has a prefix length outside 0-32',
       'outbound.allowNetworks: "nope" is not an address or address/bits range',
       'tls: set both key and cert, or neither',
+      'limits.maxClients: must be a whole number from 1 to 100000 (found 1.5)',
       'timeouts.clientIdleMs: 600000 must be above timeouts.dataMs (600000) so the next hop\'s answer reaches the client first',
-      'limits.maxClients: must be a whole number from 1 to 100000',
-      'batv.maxAgeDays: must be a whole number from 0 to 100',
-      'outbound.listen: "localhost" must be host:port, e.g. 127.0.0.1:2525 or [::1]:2525',
-      'outbound.relay: "http://relay.example" must start with smtp:// or smtps://',
+      'srs.domain: "EXAMPLE.COM" is one of our domains; SRS needs a domain of its own (e.g. srs.EXAMPLE.COM)',
     ];
     expect(e.problems).toEqual(expected);
     expect(e.message).toBe(`Invalid configuration:\n${expected.map((p) => `  - ${p}`).join('\n')}`);
@@ -167,20 +167,21 @@ describe('parseConfig() refuses bad settings', () => {
   });
 
   it('refuses an unknown top-level setting', () => {
-    expect(problems({ domain: ['example.com'] })).toEqual(['domain: unknown setting']);
+    expect(problems({ domain: ['example.com'] })).toEqual(['domain: unknown setting (did you mean "domains"?)']);
+    expect(problems({ colour: 'blue' })).toEqual(['colour: unknown setting']);
   });
 
   it('refuses an unknown setting inside a section (a typo is never silently ignored)', () => {
-    expect(problems({ srs: { maxAgeDay: 5 } })).toEqual(['srs.maxAgeDay: unknown setting']);
+    expect(problems({ srs: { maxAgeDay: 5 } })).toEqual(['srs.maxAgeDay: unknown setting (did you mean "maxAgeDays"?)']);
   });
 
   it('refuses negative and fractional numbers', () => {
     expect(problems({ srs: { maxAgeDays: -3 }, limits: { maxRecipients: 2.5 }, inbound: { dnsbl: { timeoutMs: 1e9 } } })).toEqual([
-      'srs.maxAgeDays: must be a whole number from 1 to 1000',
-      'inbound.dnsbl.timeoutMs: must be a whole number from 50 to 60000',
-      'limits.maxRecipients: must be a whole number from 1 to 100000',
+      'srs.maxAgeDays: must be a whole number from 1 to 1000 (found -3)',
+      'inbound.dnsbl.timeoutMs: must be a whole number from 50 to 60000 (found 1000000000)',
+      'limits.maxRecipients: must be a whole number from 1 to 100000 (found 2.5)',
     ]);
-    expect(problems({ batv: { maxAgeDays: '7' } })).toEqual(['batv.maxAgeDays: must be a whole number from 0 to 100']);
+    expect(problems({ batv: { maxAgeDays: '7' } })).toEqual(['batv.maxAgeDays: must be a whole number from 0 to 100 (found "7")']);
   });
 
   it('refuses a bad CIDR in allowNetworks', () => {
@@ -209,12 +210,114 @@ describe('parseConfig() refuses bad settings', () => {
     expect(problems({ domains: [] })).toEqual(['domains: list at least one domain of ours']);
     expect(problems({ domains: ['exa mple.com'], inbound: { untaggedBounces: 'drop' } })).toEqual([
       'domains: "exa mple.com" is not a domain name',
-      'inbound.untaggedBounces: must be one of "reject", "classify", "tag", "accept"',
+      'inbound.untaggedBounces: must be one of "reject", "classify", "tag", "accept" (found "drop")',
     ]);
   });
 
   it('refuses a relayAuth without both user and pass', () => {
     expect(problems({ relayAuth: { user: 'u' } })).toEqual(['relayAuth: must be null or { "user": "...", "pass": "..." }']);
+  });
+});
+
+describe('parseConfig() checks values that used to fail only later', () => {
+  it('takes hostname as a domain name or an address literal (a bad one made every next-hop connection throw)', () => {
+    for (const ok of ['mx1.example.com', 'MX-1.Example.COM', 'localhost', '[192.0.2.1]', '[IPv6:2001:db8::1]', `${'a'.repeat(63)}.example`]) {
+      expect(parseConfig({ hostname: ok }).hostname).toBe(ok);
+    }
+    const literalHint = '(write [192.0.2.1] or [IPv6:2001:db8::1])';
+    const nameHint = 'is not a domain name (letters, digits, hyphens and dots, e.g. mx1.example.com) or an address literal ([192.0.2.1])';
+    expect(problems({ hostname: 'mx_1.example.com' })).toEqual([`hostname: "mx_1.example.com" ${nameHint}`]);
+    expect(problems({ hostname: 'mx1.example.com.' })).toEqual([`hostname: "mx1.example.com." ${nameHint}`]);
+    expect(problems({ hostname: '-mx.example.com' })).toEqual([`hostname: "-mx.example.com" ${nameHint}`]);
+    expect(problems({ hostname: 'mx1 example.com' })).toEqual([`hostname: "mx1 example.com" ${nameHint}`]);
+    expect(problems({ hostname: '192.0.2.1' })).toEqual(['hostname: "192.0.2.1" is an IP address; write it as an address literal, [192.0.2.1]']);
+    expect(problems({ hostname: '2001:db8::1' })).toEqual(['hostname: "2001:db8::1" is an IP address; write it as an address literal, [IPv6:2001:db8::1]']);
+    expect(problems({ hostname: '[192.0.2.300]' })).toEqual([`hostname: "[192.0.2.300]" is not an address literal ${literalHint}`]);
+    expect(problems({ hostname: '[2001:db8::1]' })).toEqual([`hostname: "[2001:db8::1]" is not an address literal ${literalHint}`]);
+    expect(problems({ hostname: `${'a'.repeat(64)}.example` })).toEqual([`hostname: "${'a'.repeat(57)}..." has a label longer than 63 characters`]);
+    expect(problems({ hostname: Array(64).fill('abc').join('.') })).toEqual([`hostname: "${'abc.'.repeat(14)}a..." is longer than 253 characters`]);
+    expect(problems({ hostname: '' })).toEqual(['hostname: must be a non-empty string (found "")']);
+  });
+
+  it('defaults hostname to this machine\'s name, which parses', () => {
+    expect(DEFAULTS.hostname).toBe(os.hostname());
+    expect(parseConfig({}).hostname).toBe(os.hostname());
+  });
+
+  it('takes inbound.dnsbl.servers in the forms dns.Resolver#setServers takes, with a port from 1 to 65535', () => {
+    const servers = ['192.0.2.53', '192.0.2.53:5353', '2001:db8::53', '[2001:db8::53]', '[2001:db8::53]:53'];
+    const c = parseConfig({ inbound: { dnsbl: { servers } } });
+    expect(c.inbound.dnsbl.servers).toEqual(servers);
+    expect(() => new Resolver().setServers([...c.inbound.dnsbl.servers])).not.toThrow();
+    const form = 'is not an IP address, optionally with a port (e.g. 192.0.2.53, 192.0.2.53:5353, [2001:db8::53]:53)';
+    expect(problems({ inbound: { dnsbl: { servers: ['dns.example', '192.0.2.300', '[192.0.2.53]:53', '192.0.2.53:', '192.0.2.53:0', '[2001:db8::53]:65536'] } } })).toEqual([
+      `inbound.dnsbl.servers: "dns.example" ${form}`,
+      `inbound.dnsbl.servers: "192.0.2.300" ${form}`,
+      `inbound.dnsbl.servers: "[192.0.2.53]:53" ${form}`,
+      `inbound.dnsbl.servers: "192.0.2.53:" ${form}`,
+      'inbound.dnsbl.servers: "192.0.2.53:0" has a port outside 1-65535',
+      'inbound.dnsbl.servers: "[2001:db8::53]:65536" has a port outside 1-65535',
+    ]);
+  });
+
+  it('takes inbound.dnsbl.zone as a domain name', () => {
+    expect(parseConfig({ inbound: { dnsbl: { zone: 'bl.example.net' } } }).inbound.dnsbl.zone).toBe('bl.example.net');
+    expect(problems({ inbound: { dnsbl: { zone: 'bl..example.net' } } })).toEqual(['inbound.dnsbl.zone: "bl..example.net" is not a domain name']);
+    expect(problems({ inbound: { dnsbl: { zone: 'ips.backscatterer.org.' } } })).toEqual(['inbound.dnsbl.zone: "ips.backscatterer.org." is not a domain name']);
+  });
+
+  it('takes outbound.exemptSenders and exemptRecipients entries as addresses or domains', () => {
+    const c = parseConfig({ outbound: { exemptSenders: ['noreply@example.com', 'Lists.Example.NET'], exemptRecipients: ['"list owner"@example.org', 'lists.example.net'] } });
+    expect([c.outbound.exemptSenders, c.outbound.exemptRecipients]).toEqual([['noreply@example.com', 'Lists.Example.NET'], ['"list owner"@example.org', 'lists.example.net']]);
+    expect(problems({ outbound: { exemptSenders: ['noreply@', '@example.com', '<noreply@example.com>'], exemptRecipients: ['lists example', 'lists.example.net.', 5] } })).toEqual([
+      'outbound.exemptSenders: "noreply@" is neither an address (local@domain) nor a domain',
+      'outbound.exemptSenders: "@example.com" is neither an address (local@domain) nor a domain',
+      'outbound.exemptSenders: "<noreply@example.com>" is neither an address (local@domain) nor a domain',
+      'outbound.exemptRecipients: "lists example" is neither an address (local@domain) nor a domain',
+      'outbound.exemptRecipients: "lists.example.net." is neither an address (local@domain) nor a domain',
+      'outbound.exemptRecipients: must be a list of non-empty strings; 5 is not one',
+    ]);
+  });
+
+  it('keeps clientIdleMs above every next-hop wait (connect, greeting, command, data), naming the longest', () => {
+    const idle = (wait: string, ms: number) => `timeouts.clientIdleMs: 660000 must be above timeouts.${wait} (${ms}) so the next hop's answer reaches the client first`;
+    expect(problems({ timeouts: { commandMs: 700_000 } })).toEqual([idle('commandMs', 700_000)]);
+    expect(problems({ timeouts: { commandMs: 660_000 } })).toEqual([idle('commandMs', 660_000)]);
+    expect(problems({ timeouts: { connectMs: 600_000, greetingMs: 600_000, dataMs: 100_000, clientIdleMs: 600_000 } }))
+      .toEqual(['timeouts.clientIdleMs: 600000 must be above timeouts.greetingMs (600000) so the next hop\'s answer reaches the client first']);
+    expect(problems({ timeouts: { connectMs: 600_000, dataMs: 100_000, clientIdleMs: 500_000 } }))
+      .toEqual(['timeouts.clientIdleMs: 500000 must be above timeouts.connectMs (600000) so the next hop\'s answer reaches the client first']);
+    expect(problems({ timeouts: { commandMs: 900_000, dataMs: 800_000 } })).toEqual([idle('commandMs', 900_000)]);
+    // A wait that is itself wrong is reported once, and not compared.
+    expect(problems({ timeouts: { commandMs: 'long', dataMs: 800_000 } })).toEqual([
+      'timeouts.commandMs: must be a whole number from 100 to 3600000 (found "long")',
+      idle('dataMs', 800_000),
+    ]);
+    expect(parseConfig({ timeouts: { connectMs: 600_000, greetingMs: 600_000, commandMs: 3_000_000, dataMs: 3_000_000, clientIdleMs: 3_000_001 } }).timeouts.clientIdleMs).toBe(3_000_001);
+  });
+
+  it('suggests the nearest setting for an unknown one when it is close (case, "_" and "-" aside)', () => {
+    expect(problems({ outbound: { rely: 'smtp://relay.example' } })).toEqual(['outbound.rely: unknown setting (did you mean "relay"?)']);
+    expect(problems({ tsl: {} })).toEqual(['tsl: unknown setting (did you mean "tls"?)']);
+    expect(problems({ srs: { max_age_days: 5 } })).toEqual(['srs.max_age_days: unknown setting (did you mean "maxAgeDays"?)']);
+    expect(problems({ inbound: { dnsbl: { Zone: 'x.example' } } })).toEqual(['inbound.dnsbl.Zone: unknown setting (did you mean "zone"?)']);
+    expect(problems({ relayAuth: { user: 'u', pass: 'p', passwd: 'p' } })).toEqual(['relayAuth.passwd: unknown setting (did you mean "pass"?)']);
+    expect(problems({ outbound: { relayHost: 'x' }, foo: 1 })).toEqual(['outbound.relayHost: unknown setting', 'foo: unknown setting']);
+  });
+
+  it('refuses a section that is not an object of settings', () => {
+    expect(problems({ srs: 5, timeouts: [], log: null })).toEqual([
+      'timeouts: must be an object of settings (found a list)',
+      'srs: must be an object of settings (found 5)',
+      'log: must be an object of settings (found null)',
+    ]);
+  });
+
+  it('exports the embedded defaults as the schema holds them (network lists as text, postmaster unset)', () => {
+    expect(DEFAULTS.outbound.allowNetworks).toEqual(['127.0.0.0/8', '::1/128']);
+    expect(DEFAULTS.limits.bareLineEndsExempt).toEqual([]);
+    expect([DEFAULTS.postmaster, DEFAULTS.outbound.relay, DEFAULTS.relayAuth, DEFAULTS.timeouts.clientIdleMs]).toEqual([null, null, null, 660_000]);
+    expect(Object.isFrozen(DEFAULTS.outbound.allowNetworks)).toBe(true);
   });
 });
 
@@ -267,13 +370,17 @@ describe('loadConfig() files', () => {
     expect(e2.problems).toEqual([`cannot read ${tmp}: EISDIR: illegal operation on a directory, read`]);
   });
 
-  it('names the file when it cannot be parsed', async () => {
-    for (const [name, text] of [['bad.yaml', 'domains: [a.example\n'], ['bad.json', '{"domains": ["a.example"],,}']] as const) {
+  it('names the file, the line and the column when it cannot be parsed (the yaml library\'s first line, not the text)', async () => {
+    const cases = [
+      ['bad.yaml', 'domains: [a.example\n', '2:1: Flow sequence in block collection must be sufficiently indented and end with a ]'],
+      ['bad.json', '{"domains": ["a.example"],,}', '1:27: Unexpected , in flow map'],
+      ['nested.yaml', 'srs:\n  domain: a: b\n', '2:11: Nested mappings are not allowed in compact mappings'],
+    ] as const;
+    for (const [name, text, where] of cases) {
       const file = write(name, text);
       const e = await configErrorAsync(loadConfig(file));
-      expect(e.problems.length).toBe(1);
-      expect(e.problems[0]!.startsWith(`cannot parse ${file}: `)).toBe(true);
-      expect(e.message.split('\n')[0]).toBe(`Invalid configuration ${file}:`);
+      expect(e.problems).toEqual([`cannot parse ${file}:${where}`]);
+      expect(e.message).toBe(`Invalid configuration ${file}:\n  - cannot parse ${file}:${where}`);
     }
   });
 
@@ -285,8 +392,8 @@ describe('loadConfig() files', () => {
   it('names the file together with every bad field in it', async () => {
     const file = write('bad-fields.json', JSON.stringify({ batv: { maxAgeDays: 500 }, outbound: { relay: 'ftp://x' } }));
     const e = await configErrorAsync(loadConfig(file));
-    expect(e.problems).toEqual(['batv.maxAgeDays: must be a whole number from 0 to 100', 'outbound.relay: "ftp://x" must start with smtp:// or smtps://']);
-    expect(e.message).toBe(`Invalid configuration ${file}:\n  - batv.maxAgeDays: must be a whole number from 0 to 100\n  - outbound.relay: "ftp://x" must start with smtp:// or smtps://`);
+    expect(e.problems).toEqual(['batv.maxAgeDays: must be a whole number from 0 to 100 (found 500)', 'outbound.relay: "ftp://x" must start with smtp:// or smtps://']);
+    expect(e.message).toBe(`Invalid configuration ${file}:\n  - batv.maxAgeDays: must be a whole number from 0 to 100 (found 500)\n  - outbound.relay: "ftp://x" must start with smtp:// or smtps://`);
   });
 });
 
@@ -318,12 +425,41 @@ describe('loadConfig() environment overrides', () => {
     expect(c.batv.maxAgeDays).toBe(10);
     expect(c.srs.alwaysRewrite).toBe(true);
     expect(c.srs.domain).toBe(null);
-    expect(c.outbound.allowNetworks.map((n) => n.text)).toEqual(['10.0.0.0/8', '192.0.2.7']);
+    expect(c.outbound.allowNetworks).toEqual(['10.0.0.0/8', '192.0.2.7']);
   });
 
   it('names a bad value that came from the environment', async () => {
     const e = await configErrorAsync(loadConfig(null, { BATV_PROXY_INBOUND__UNTAGGED_BOUNCES: 'sometimes' }));
-    expect(e.problems).toEqual(['inbound.untaggedBounces: must be one of "reject", "classify", "tag", "accept"']);
+    expect(e.problems).toEqual(['BATV_PROXY_INBOUND__UNTAGGED_BOUNCES (inbound.untaggedBounces): must be one of "reject", "classify", "tag", "accept" (found "sometimes")']);
+  });
+
+  it('names the variable a bad value came from', async () => {
+    const e = await configErrorAsync(loadConfig(null, { BATV_PROXY_OUTBOUND__RELAY: 'foo', BATV_PROXY_TIMEOUTS__COMMAND_MS: 'slow' }));
+    expect(e.problems).toEqual([
+      'BATV_PROXY_OUTBOUND__RELAY (outbound.relay): "foo" is not a URL; write smtp://host:port',
+      'BATV_PROXY_TIMEOUTS__COMMAND_MS (timeouts.commandMs): must be a whole number from 100 to 3600000 (found "slow")',
+    ]);
+    const half = await configErrorAsync(loadConfig(null, { BATV_PROXY_RELAY_AUTH__USER: 'relay-user' }));
+    expect(half.problems).toEqual(['BATV_PROXY_RELAY_AUTH__USER (relayAuth): must be null or { "user": "...", "pass": "..." }']);
+  });
+
+  it('refuses a variable naming no setting, with the nearest variable that does, together with the file\'s problems', async () => {
+    const file = write('env-typos.json', JSON.stringify({ batv: { maxAgeDays: 500 } }));
+    const e = await configErrorAsync(loadConfig(file, {
+      BATV_PROXY_OUTBOUND__RELY: 'smtp://relay.example',
+      BATV_PROXY_TIMEOUTS__DATAMS: '5000',
+      BATV_PROXY_COLOUR: 'blue',
+      BATV_PROXY_DOMAINS__PRIMARY: 'example.com',
+      BATV_PROXY_SRS__DOMAIN: 'srs.example.net',
+    }));
+    expect(e.problems).toEqual([
+      'BATV_PROXY_OUTBOUND__RELY: no setting outbound.rely (did you mean BATV_PROXY_OUTBOUND__RELAY?)',
+      'BATV_PROXY_TIMEOUTS__DATAMS: no setting timeouts.datams (did you mean BATV_PROXY_TIMEOUTS__DATA_MS?)',
+      'BATV_PROXY_COLOUR: no setting colour',
+      'BATV_PROXY_DOMAINS__PRIMARY: no setting domains.primary',
+      'batv.maxAgeDays: must be a whole number from 0 to 100 (found 500)',
+    ]);
+    expect(e.message.split('\n')[0]).toBe(`Invalid configuration ${file}:`);
   });
 
   it('keeps a relay password made of digits a string', async () => {

@@ -1,59 +1,95 @@
 /**
- * Network ranges for relay permission ("127.0.0.0/8", "::1/128", "192.0.2.7"). IPv4-mapped IPv6
- * client addresses (::ffff:192.0.2.7, as Node reports them on dual-stack sockets) match IPv4 ranges.
+ * Network ranges for relay permission and exemptions ("127.0.0.0/8", "::1/128", "192.0.2.7"), matched
+ * with node's net.BlockList.
+ *
+ *   range   = address [ "/" bits ]     ; bits 0-32 for IPv4, 0-128 for IPv6; no bits = one address
+ *
+ * The config keeps the ranges as the text the admin wrote (validated with {@link cidrProblem}); a
+ * {@link NetworkList} is built from that text where addresses are checked. An IPv4-mapped IPv6 client
+ * address (::ffff:192.0.2.7, as node reports clients on a dual-stack socket) matches IPv4 ranges, and an
+ * IPv4 client matches ::ffff:0:0/96-style ranges, both as BlockList does.
  */
-import { isIP } from 'node:net';
+import { BlockList, isIP } from 'node:net';
 
-export interface Cidr {
-  readonly text: string;
-  readonly family: 4 | 6;
-  readonly bits: number;
-  /** Address as a 128-bit (v6) or 32-bit (v4) big integer. */
-  readonly base: bigint;
-}
-
-function toBig(ip: string, family: 4 | 6): bigint {
-  if (family === 4) return ip.split('.').reduce((acc, o) => (acc << 8n) | BigInt(Number(o)), 0n);
-  let parts = ip;
-  let tail: bigint | null = null;
-  const v4 = /^(.*:)(\d+\.\d+\.\d+\.\d+)$/.exec(ip);
-  if (v4) { parts = v4[1]! + '0:0'; tail = toBig(v4[2]!, 4); }
-  const [head, rest] = parts.split('::') as [string, string | undefined];
-  const h = head ? head.split(':') : [];
-  const r = rest !== undefined && rest !== '' ? rest.split(':') : [];
-  const groups = rest === undefined ? h : [...h, ...Array(8 - h.length - r.length).fill('0'), ...r];
-  let n = groups.reduce((acc, g) => (acc << 16n) | BigInt(parseInt(g, 16)), 0n);
-  if (tail !== null) n = (n & ~0xffffffffn) | tail;
-  return n;
-}
-
-/** Parses "addr/bits" or a bare address; a string saying what is wrong otherwise. */
-export function parseCidr(s: string): Cidr | string {
+/**
+ * Why `s` is not a range, or null when it is one.
+ *
+ * @example
+ *   cidrProblem('10.0.0.0/8');   // null
+ *   cidrProblem('10.0.0.0/33');  // '"10.0.0.0/33" has a prefix length outside 0-32'
+ */
+export function cidrProblem(s: string): string | null {
   const [addr, bitsText, extra] = s.split('/');
   const family = isIP(addr ?? '');
-  if (extra !== undefined || (family !== 4 && family !== 6)) return `"${s}" is not an address or address/bits range`;
+  if (extra !== undefined || family === 0) return `"${s}" is not an address or address/bits range`;
   const max = family === 4 ? 32 : 128;
-  const bits = bitsText === undefined ? max : Number(bitsText);
-  if (!/^\d+$/.test(bitsText ?? String(max)) || bits > max) return `"${s}" has a prefix length outside 0-${max}`;
-  const width = BigInt(max);
-  const mask = bits === 0 ? 0n : ((1n << BigInt(bits)) - 1n) << (width - BigInt(bits));
-  return { text: s, family, bits, base: toBig(addr!, family) & mask };
+  if (bitsText !== undefined && (!/^\d+$/.test(bitsText) || Number(bitsText) > max)) return `"${s}" has a prefix length outside 0-${max}`;
+  return null;
 }
 
-/** Does `ip` (as reported by the socket) fall inside any of the ranges? */
-export function inNetworks(ip: string, nets: readonly Cidr[]): boolean {
-  let addr = ip;
-  let family = isIP(addr);
-  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(addr);
-  if (mapped) { addr = mapped[1]!; family = 4; }
-  if (family !== 4 && family !== 6) return false;
-  const n = toBig(addr, family);
-  return nets.some((c) => {
-    if (c.family !== family) return false;
-    const width = BigInt(family === 4 ? 32 : 128);
-    const mask = c.bits === 0 ? 0n : ((1n << BigInt(c.bits)) - 1n) << (width - BigInt(c.bits));
-    return (n & mask) === c.base;
-  });
+/** Ranges to match client addresses against, built once from their text. */
+export interface NetworkList {
+  /** The ranges as written. */
+  readonly texts: readonly string[];
+  /** Is `ip` (as the socket reports it) inside any of the ranges? False for anything that is not an IP address. */
+  has(ip: string): boolean;
+}
+
+const familyName = (family: number): 'ipv4' | 'ipv6' => (family === 6 ? 'ipv6' : 'ipv4');
+
+/**
+ * One BlockList holding every range.
+ *
+ * @throws Error naming the first entry {@link cidrProblem} refuses (the config validates them first).
+ * @example
+ *   networkList(['127.0.0.0/8', '::1/128']).has('::ffff:127.0.0.1'); // true
+ */
+export function networkList(texts: readonly string[]): NetworkList {
+  const list = new BlockList();
+  for (const text of texts) {
+    const problem = cidrProblem(text);
+    if (problem !== null) throw new Error(problem);
+    const [addr, bits] = text.split('/') as [string, string | undefined];
+    const type = familyName(isIP(addr));
+    if (bits === undefined) list.addAddress(addr, type);
+    else list.addSubnet(addr, Number(bits), type);
+  }
+  const frozen = Object.freeze([...texts]);
+  return {
+    texts: frozen,
+    has(ip: string): boolean {
+      if (typeof ip !== 'string') return false;
+      const family = isIP(ip);
+      if (family === 0) return false;
+      try {
+        return list.check(ip, familyName(family));
+      } catch {
+        return false; // an address node's parser takes but BlockList does not (e.g. an unknown zone id)
+      }
+    },
+  };
+}
+
+const built = new WeakMap<readonly string[], NetworkList>();
+
+const sameTexts = (a: readonly string[], b: readonly string[]) => a.length === b.length && a.every((t, i) => t === b[i]);
+
+/**
+ * Does `ip` fall inside any of the ranges? A plain array (such as a Config list) is built into a
+ * NetworkList once and kept for as long as the array lives (built again should its entries change).
+ *
+ * @example
+ *   inNetworks('192.0.2.7', ['192.0.2.0/24']); // true
+ */
+export function inNetworks(ip: string, nets: readonly string[] | NetworkList): boolean {
+  if (!Array.isArray(nets)) return (nets as NetworkList).has(ip);
+  const texts = nets as readonly string[];
+  let list = built.get(texts);
+  if (!list || !sameTexts(list.texts, texts)) {
+    list = networkList(texts);
+    built.set(texts, list);
+  }
+  return list.has(ip);
 }
 
 export interface NetworkList {

@@ -78,8 +78,8 @@ describe('bin/batv-proxy.js', () => {
         '  - bogus: unknown setting',
         '  - domains: list at least one domain of ours',
         '  - srs.hashMin: 9 is above srs.hashLength (4)',
-        '  - timeouts.connectMs: must be a whole number from 100 to 600000',
         '  - outbound.relay: "http://relay.example" must start with smtp:// or smtps://',
+        '  - timeouts.connectMs: must be a whole number from 100 to 600000 (found -5)',
         '',
       ].join('\n'),
     });

@@ -37,8 +37,8 @@ const CLEAN = { lost: [], duplicated: [], phantom: [] };
 describe('proxy.reload()', () => {
   it('works at all (it used to throw "Do not know how to serialize a BigInt" for every config)', async () => {
     // reload() compared JSON.stringify(new config) with JSON.stringify(old config) before swapping anything;
-    // Config.outbound.allowNetworks holds Cidr objects with a bigint `base`, so the comparison threw and no
-    // reload (SIGHUP, key rotation) ever took effect. Every test below needs reload() to work.
+    // Config.outbound.allowNetworks then held Cidr objects with a bigint `base` (now the ranges' text), so the
+    // comparison threw and no reload (SIGHUP, key rotation) ever took effect. Every test below needs reload() to work.
     const { proxy } = await startTestProxy();
     try {
       await expect(proxy.reload()).resolves.toEqual({ changed: [], applied: [], notApplied: [] });

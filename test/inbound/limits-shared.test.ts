@@ -149,7 +149,7 @@ describe('config state section', () => {
     expect(e).toBeInstanceOf(ConfigError);
     expect((e as InstanceType<typeof ConfigError>).problems).toEqual([
       'state.redis: must be redis://host:port[/db] or rediss://host:port[/db]',
-      'state.timeoutMs: must be a whole number from 1 to 10000',
+      'state.timeoutMs: must be a whole number from 1 to 10000 (found 0)',
     ]);
   });
 });

@@ -117,7 +117,7 @@ describe('doctor', () => {
     expect(r).toEqual({
       code: 1,
       err: '',
-      out: `FAIL  config: Invalid configuration ${file}:\n  - domains: list at least one domain of ours\n  - inbound.untaggedBounces: must be one of "reject", "classify", "tag", "accept"\n`,
+      out: `FAIL  config: Invalid configuration ${file}:\n  - domains: list at least one domain of ours\n  - inbound.untaggedBounces: must be one of "reject", "classify", "tag", "accept" (found "drop")\n`,
     });
   });
 });
@@ -144,13 +144,13 @@ describe('check-config', () => {
     expect(r.err).toBe([
       `batv-proxy check-config: Invalid configuration ${file}:`,
       '  - colour: unknown setting',
-      '  - srs.domain: "example.com" is one of our domains; SRS needs a domain of its own (e.g. srs.example.com)',
-      '  - srs.hashLength: must be a whole number from 4 to 27',
-      '  - timeouts.clientIdleMs: 660000 must be above timeouts.dataMs (700000) so the next hop\'s answer reaches the client first',
-      '  - batv.maxAgeDays: must be a whole number from 0 to 100',
+      '  - srs.hashLength: must be a whole number from 4 to 27 (found 2)',
+      '  - BATV_PROXY_BATV__MAX_AGE_DAYS (batv.maxAgeDays): must be a whole number from 0 to 100 (found 365)',
       '  - outbound.listen: "localhost" must be host:port, e.g. 127.0.0.1:2525 or [::1]:2525',
       '  - outbound.relay: "mx.example.net:25" must start with smtp:// or smtps://',
-      '  - inbound.untaggedBounces: must be one of "reject", "classify", "tag", "accept"',
+      '  - inbound.untaggedBounces: must be one of "reject", "classify", "tag", "accept" (found "drop")',
+      '  - timeouts.clientIdleMs: 660000 must be above timeouts.dataMs (700000) so the next hop\'s answer reaches the client first',
+      '  - srs.domain: "example.com" is one of our domains; SRS needs a domain of its own (e.g. srs.example.com)',
       '',
     ].join('\n'));
   });

@@ -88,7 +88,7 @@ describe('metrics settings', () => {
     const problems = (over: unknown) => { try { parseConfig(over); return []; } catch (e) { return (e as ConfigError).problems; } };
     expect(problems({ metrics: { token: 'short' } })).toEqual(['metrics.token: must be at least 16 characters (e.g. from "openssl rand -base64 32")']);
     expect(problems({ metrics: { token: TOKEN, tokenFile: '/run/secrets/t' } })).toEqual(['metrics: set token or tokenFile, not both']);
-    expect(problems({ metrics: { usersFile: '' } })).toEqual(['metrics.usersFile: must be a non-empty string or null']);
+    expect(problems({ metrics: { usersFile: '' } })).toEqual(['metrics.usersFile: must be a non-empty string or null (found "")']);
   });
 
   it('a token file that cannot be read stops the start with the setting and file named', async () => {
