@@ -71,7 +71,7 @@ export interface RuntimeDeps {
 export type Built = { readonly ok: true; readonly runtime: Runtime } | { readonly ok: false; readonly problems: readonly string[] };
 
 /** A comparable text of (part of) a config. */
-export const configText = (v: unknown): string => JSON.stringify(v, (_k, x: unknown) => (typeof x === 'bigint' ? x.toString() : x));
+export const configText = (v: unknown): string => JSON.stringify(v);
 
 /**
  * Builds a snapshot, or returns every problem that prevents it. Creates objects only (limits, DNSBL

@@ -91,13 +91,3 @@ export function inNetworks(ip: string, nets: readonly string[] | NetworkList): b
   }
   return list.has(ip);
 }
-
-export interface NetworkList {
-  readonly texts: readonly string[];
-  has(ip: string): boolean;
-}
-
-/** A list of ranges to match client addresses against. */
-export function networkList(nets: readonly Cidr[]): NetworkList {
-  return { texts: nets.map((n) => n.text), has: (ip) => inNetworks(ip, nets) };
-}
