@@ -34,3 +34,17 @@ export class SmtpReply extends Error {
 export function isSmtpReply(v: unknown): v is SmtpReply {
   return v instanceof SmtpReply;
 }
+
+/**
+ * The replies the SMTP layer gives on its own, whatever the role: they live here rather than in
+ * src/policy/replies.ts because src/smtp imports no policy (test/boundaries.test.ts); the policy table
+ * includes them, so every reply the proxy sends is still listed in one place.
+ */
+export const transportReplies = {
+  /** DATA: the message passed limits.maxMessageBytes (the words smtp-server uses for the same limit). */
+  messageTooLarge: (limit: number) => new SmtpReply(552, '5.3.4', `Message exceeds fixed maximum message size ${limit}`),
+  /** The client's connection closed before the end of DATA (it hears nothing; the log says client-left). */
+  clientLeft: () => new SmtpReply(451, '4.4.2', 'Client connection closed before the end of the message'),
+  /** Anything unexpected in a hook: the client retries, the log says what it was. */
+  internal: () => new SmtpReply(451, '4.3.0', 'Local error in processing; try again later'),
+} as const;

@@ -170,46 +170,35 @@ export interface FileOptions {
 
 /** Reads the files a config names (keyring, users file, TLS key and certificate); every problem at once. */
 export async function loadRuntimeFiles(config: Config, opts: FileOptions): Promise<{ files: RuntimeFiles } | { problems: string[] }> {
-  const problems: string[] = [];
-  const keyring = (async (): Promise<{ ring: TagKeyring; keys: StoredKey[] } | null> => {
+  // The files are read at once; each keeps its own problem slot so they are reported in a fixed order.
+  const slots: Array<string | null> = [null, null, null, null];
+  const attempt = async <T>(slot: number, read: () => Promise<T>, describe: (e: Error) => string = (e) => e.message): Promise<T | null> => {
+    try {
+      return await read();
+    } catch (e) {
+      slots[slot] = describe(e as Error);
+      return null;
+    }
+  };
+  const keyring = attempt(0, async (): Promise<{ ring: TagKeyring; keys: StoredKey[] }> => {
     if (opts.keyring) return { ring: opts.keyring, keys: [] };
     try {
       return await loadKeyring(config.keys.dir);
     } catch (e) {
-      if (opts.createKeys && e instanceof KeyringError && e.message.startsWith('No keyring')) {
-        const k = await initKeys(config.keys.dir, opts.clock.now());
-        opts.onKeysCreated?.({ file: keyringPath(config.keys.dir), key: k.num, thumbprint: await thumbprint(k.secret) });
-        return loadKeyring(config.keys.dir);
-      }
-      problems.push((e as Error).message);
-      return null;
+      if (!(opts.createKeys && e instanceof KeyringError && e.message.startsWith('No keyring'))) throw e;
+      const k = await initKeys(config.keys.dir, opts.clock.now());
+      opts.onKeysCreated?.({ file: keyringPath(config.keys.dir), key: k.num, thumbprint: await thumbprint(k.secret) });
+      return loadKeyring(config.keys.dir);
     }
-  })();
-  const users = (async () => {
-    if (!config.outbound.usersFile) return null;
-    try {
-      return await loadUsers(config.outbound.usersFile);
-    } catch (e) {
-      problems.push((e as Error).message);
-      return null;
-    }
-  })();
-  const tls = (async () => {
-    if (!config.tls.key || !config.tls.cert) return null;
-    const read = async (f: string, what: string) => {
-      try {
-        return await fs.readFile(f);
-      } catch (e) {
-        problems.push(`tls.${what}: cannot read ${f}: ${(e as Error).message}`);
-        return null;
-      }
-    };
-    const [key, cert] = await Promise.all([read(config.tls.key, 'key'), read(config.tls.cert, 'cert')]);
-    return key && cert ? { key, cert } : null;
-  })();
-  const [k, u, t] = await Promise.all([keyring, users, tls]);
+  });
+  const users = config.outbound.usersFile ? attempt(1, () => loadUsers(config.outbound.usersFile!)) : null;
+  const withTls = Boolean(config.tls.key && config.tls.cert);
+  const tlsFile = (slot: number, f: string | null, what: string) =>
+    withTls && f ? attempt(slot, () => fs.readFile(f), (e) => `tls.${what}: cannot read ${f}: ${e.message}`) : null;
+  const [k, u, key, cert] = await Promise.all([keyring, users, tlsFile(2, config.tls.key, 'key'), tlsFile(3, config.tls.cert, 'cert')]);
+  const problems = slots.filter((p): p is string => p !== null);
   if (problems.length || !k) return { problems };
-  return { files: { keyring: k.ring, keys: k.keys, users: u, tls: t } };
+  return { files: { keyring: k.ring, keys: k.keys, users: u, tls: key && cert ? { key, cert } : null } };
 }
 
 /**

@@ -1,6 +1,6 @@
 /**
  * Command-line plumbing shared by the verbs: strict flag parsing with errors that name the flag, the
- * exit codes of DESIGN §5 (0 ok, 1 refused or invalid, 2 usage), and an injectable I/O so tests can run
+ * exit codes (0 ok, 1 refused or invalid, 2 usage; README "CLI"), and an injectable I/O so tests can run
  * verbs in-process.
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';

@@ -8,6 +8,7 @@ import { ConfigError, DEFAULTS, loadConfig, parseListen, redacted, type Config }
 import { listenProblems } from './doctor.js';
 import { createLogger } from '../log.js';
 import { startProxy } from '../proxy.js';
+import { RESTART_ONLY } from '../runtime.js';
 import { EXIT_OK, type Io, type Verb } from './args.js';
 
 function configFile(values: Record<string, unknown>, io: Io): string | null {
@@ -139,7 +140,9 @@ export const serveVerb: Verb = {
       const reload = (why: string) => {
         loadConfig(file, io.env)
           .then((c) => proxy.reload(c))
-          .then(({ changed }) => log.info({ why, changed }, 'reload done'))
+          .then(({ changed, applied, notApplied }) => (notApplied.length
+            ? log.warn({ why, changed, applied, not_applied: notApplied }, 'reload done; some settings need a restart')
+            : log.info({ why, changed, applied }, 'reload done')))
           .catch((e: Error) => log.error({ why, err: e.message }, 'reload refused; still running on the previous config and keys'));
       };
       process.on('SIGHUP', () => reload('SIGHUP'));
@@ -160,13 +163,15 @@ export const serveVerb: Verb = {
 export const checkConfigVerb: Verb = {
   name: 'check-config',
   synopsis: 'batv-proxy check-config [--config FILE]',
-  help: 'Validates the config (file, then BATV_PROXY_* environment overrides over the embedded defaults).\nPrints the effective config with secrets hidden and exits 0, or lists every problem and exits 1.',
+  help: 'Validates the config (file, then BATV_PROXY_* environment overrides over the embedded defaults).\nPrints the effective config with secrets hidden and exits 0 (and, on stderr, the settings a reload cannot\napply), or lists every problem and exits 1.',
   options: { config: { type: 'string' } },
   positionals: { min: 0, max: 0 },
   async run(values, _p, io) {
     // A port held by a running batv-proxy is fine here (checking the config of a running proxy).
     const config = await checkedConfig(configFile(values, io), io, true);
     io.out(`${JSON.stringify(redacted(config), null, 2)}\n`);
+    // What a running proxy takes on SIGHUP, and what it keeps until a restart (src/runtime.ts).
+    io.err(`A reload (SIGHUP) applies every setting except these, which need a restart:\n${RESTART_ONLY.map((r) => `  ${r.path}: ${r.why}`).join('\n')}\n  tls, outbound.usersFile: switching STARTTLS or AUTH on or off (a new certificate or users file is applied)\n`);
     return EXIT_OK;
   },
 };

@@ -4,7 +4,7 @@
  * (Replies of the next hop are passed through as they came; transport failures are mapped in
  * src/smtp/client.ts.) Pure.
  */
-import { SmtpReply } from '../reply.js';
+import { SmtpReply, transportReplies } from '../reply.js';
 import type { BatvInvalidReason } from '../tags/batv.js';
 import type { SrsInvalidReason } from '../tags/srs.js';
 
@@ -73,12 +73,8 @@ export const replies = {
   authInvalid: () => new SmtpReply(535, '5.7.8', 'Authentication credentials invalid'),
   /** Outbound AUTH: the check itself failed (the client may retry). */
   authTemporary: () => new SmtpReply(454, '4.7.0', 'Temporary authentication failure'),
-  /** DATA: the message passed limits.maxMessageBytes (the words smtp-server uses for the same limit). */
-  messageTooLarge: (limit: number) => new SmtpReply(552, '5.3.4', `Message exceeds fixed maximum message size ${limit}`),
-  /** The client's connection closed before the end of DATA (it hears nothing; the log says client-left). */
-  clientLeft: () => new SmtpReply(451, '4.4.2', 'Client connection closed before the end of the message'),
+  ...transportReplies,
   tooManyRecipients: () => new SmtpReply(452, '4.5.3', 'Too many recipients'),
   headerTooLarge: () => new SmtpReply(552, '5.3.4', 'Message header too large'),
-  internal: () => new SmtpReply(451, '4.3.0', 'Local error in processing; try again later'),
   shuttingDown: () => new SmtpReply(421, '4.3.2', 'Service shutting down; try again later'),
 } as const;

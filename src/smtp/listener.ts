@@ -8,8 +8,7 @@
 import type { AddressInfo, Socket } from 'node:net';
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
-import { SmtpReply, isSmtpReply } from '../reply.js';
-import { replies } from '../policy/replies.js';
+import { SmtpReply, isSmtpReply, transportReplies } from '../reply.js';
 import { NextHopError } from './client.js';
 import { closeIdleConnections, installConnectionHooks } from './internals.js';
 import { hasBareLineEnd } from './dotstuff.js';
@@ -206,7 +205,7 @@ function perClientCap(cap: { readonly max: number; readonly reply: (ip: string) 
 export function toReply(e: unknown): SmtpReply {
   if (isSmtpReply(e)) return e;
   if (e instanceof NextHopError) return e.toSmtpReply();
-  return replies.internal();
+  return transportReplies.internal();
 }
 
 /**
@@ -248,7 +247,7 @@ export class SizeLimit extends Transform {
   }
   override _transform(chunk: Buffer, _e: BufferEncoding, cb: TransformCallback): void {
     this.seen += chunk.length;
-    if (this.seen > this.limit) return cb(replies.messageTooLarge(this.limit));
+    if (this.seen > this.limit) return cb(transportReplies.messageTooLarge(this.limit));
     if (this.refuseBareLineEnds) {
       const bad = hasBareLineEnd(chunk, this.lastCR);
       this.lastCR = chunk[chunk.length - 1] === 0x0d;
@@ -267,7 +266,7 @@ export class SizeLimit extends Transform {
 /** The client's connection closed before the end of the message (the transaction logs `client-left`). */
 export class ClientLeft extends SmtpReply {
   constructor() {
-    const r = replies.clientLeft();
+    const r = transportReplies.clientLeft();
     super(r.responseCode, r.enhanced, r.text);
   }
 }

@@ -246,7 +246,11 @@ describe('pooled next-hop sessions that died while idle', () => {
         let n = 0;
         const rig = await startRig(role, { EHLO: () => c.ehlo(n++ === 0), END: ledger.ackEnd() });
         try {
-          await new Promise((r) => setTimeout(r, 100));
+          // The proxy's start-up warm session is the first EHLO the peer answers (the one that dies); wait
+          // for it, or under load the client's own session could be the first and nothing would be pooled.
+          for (let i = 0; i < 200 && n === 0; i++) await new Promise((r) => setTimeout(r, 10));
+          expect(n).toBeGreaterThan(0);
+          await new Promise((r) => setTimeout(r, 20));
           const { from, to } = who(role);
           const t = await rig.session();
           const r = await sendMessage(t, ledger, { from, to: [to] });
