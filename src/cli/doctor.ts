@@ -18,15 +18,17 @@ type Level = 'ok' | 'warn' | 'FAIL';
  * Listen addresses of a config that cannot be used: taken by another program (or, with `allowOurs`
  * false, by a running batv-proxy too), or not bindable. One string per problem, named by setting.
  */
-export async function listenProblems(config: Config, allowOurs: boolean): Promise<string[]> {
+export async function listenProblems(config: Config, allowOurs: boolean): Promise<{ problems: string[]; running: boolean }> {
   const out: string[] = [];
+  let running = false;
   for (const [name, addr] of [['outbound.listen', config.outbound.listen], ['inbound.listen', config.inbound.listen], ['metrics.listen', config.metrics.listen]] as const) {
     if (!addr || addr.endsWith(':0')) continue;
     const st = await portState(addr, name === 'metrics.listen');
+    if (st === 'ours') running = true;
     if (st === 'free' || (st === 'ours' && allowOurs)) continue;
     out.push(`${name}: ${addr} ${st === 'ours' ? 'is already served by a running batv-proxy' : st}`);
   }
-  return out;
+  return { problems: out, running };
 }
 
 /** Whether a listen address is free; if taken, whether a batv-proxy answers there. */

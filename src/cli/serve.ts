@@ -17,13 +17,14 @@ function configFile(values: Record<string, unknown>, io: Io): string | null {
 
 /**
  * The config, refused (one list of problems) when a listen address is unusable: a listen address in use
- * is a configuration problem like any other. `allowOurs`: a running batv-proxy may hold it.
+ * is a configuration problem like any other. `allowOurs`: a running batv-proxy may hold it; `running`
+ * says one does.
  */
-async function checkedConfig(file: string | null, io: Io, allowOurs: boolean): Promise<Config> {
+async function checkedConfig(file: string | null, io: Io, allowOurs: boolean): Promise<{ config: Config; running: boolean }> {
   const config = await loadConfig(file, io.env);
-  const taken = await listenProblems(config, allowOurs);
-  if (taken.length) throw new ConfigError(taken, file ? `configuration ${file}` : 'configuration');
-  return config;
+  const { problems, running } = await listenProblems(config, allowOurs);
+  if (problems.length) throw new ConfigError(problems, file ? `configuration ${file}` : 'configuration');
+  return { config, running };
 }
 
 interface Address { readonly host: string; readonly port: number }
@@ -111,7 +112,7 @@ export const serveVerb: Verb = {
   positionals: { min: 0, max: 0 },
   async run(values, _p, io) {
     const file = configFile(values, io);
-    const config = await checkedConfig(file, io, false);
+    const { config } = await checkedConfig(file, io, false);
     // On a terminal a summary in plain words comes first; piped or redirected, stdout stays JSON lines only.
     const tty = process.stdout.isTTY === true ? heldStdout() : null;
     const log = createLogger(config.log.level, tty ?? undefined);
@@ -163,15 +164,15 @@ export const serveVerb: Verb = {
 export const checkConfigVerb: Verb = {
   name: 'check-config',
   synopsis: 'batv-proxy check-config [--config FILE]',
-  help: 'Validates the config (file, then BATV_PROXY_* environment overrides over the embedded defaults).\nPrints the effective config with secrets hidden and exits 0 (and, on stderr, the settings a reload cannot\napply), or lists every problem and exits 1.',
+  help: 'Validates the config (file, then BATV_PROXY_* environment overrides over the embedded defaults).\nPrints the effective config with secrets hidden and exits 0 (when a batv-proxy is running on its addresses,\nstderr lists the settings a reload (SIGHUP) cannot apply), or lists every problem and exits 1.',
   options: { config: { type: 'string' } },
   positionals: { min: 0, max: 0 },
   async run(values, _p, io) {
     // A port held by a running batv-proxy is fine here (checking the config of a running proxy).
-    const config = await checkedConfig(configFile(values, io), io, true);
+    const { config, running } = await checkedConfig(configFile(values, io), io, true);
     io.out(`${JSON.stringify(redacted(config), null, 2)}\n`);
-    // What a running proxy takes on SIGHUP, and what it keeps until a restart (src/runtime.ts).
-    io.err(`A reload (SIGHUP) applies every setting except these, which need a restart:\n${RESTART_ONLY.map((r) => `  ${r.path}: ${r.why}`).join('\n')}\n  tls, outbound.usersFile: switching STARTTLS or AUTH on or off (a new certificate or users file is applied)\n`);
+    // Checking the config for a proxy that is running: say what a SIGHUP would not take (src/runtime.ts).
+    if (running) io.err(`A reload (SIGHUP) applies every setting except these, which need a restart:\n${RESTART_ONLY.map((r) => `  ${r.path}: ${r.why}`).join('\n')}\n  tls, outbound.usersFile: switching STARTTLS or AUTH on or off (a new certificate or users file is applied)\n`);
     return EXIT_OK;
   },
 };
