@@ -13,7 +13,8 @@ import bcrypt from 'bcryptjs';
 import { LRUCache } from 'lru-cache';
 import type { SharedState } from './state/redis.js';
 import type { Clock } from './clock.js';
-import { lowerAscii, sameDomain } from './tags/address.js';
+import { addressEntryProblem } from './config/text.js';
+import { matchesEntry } from './policy/sign.js';
 
 export interface UserEntry {
   readonly hash: string;
@@ -66,6 +67,10 @@ export function parseUsers(text: string, file: string): Map<string, UserEntry> {
     const hash = second < 0 ? rest : rest.slice(0, second);
     const senders = second < 0 ? [] : rest.slice(second + 1).split(',').map((s) => s.trim()).filter(Boolean);
     if (!/^\$scrypt\$|^\$2[aby]\$/.test(hash)) throw new Error(`${file}:${i + 1}: the hash for ${user} is neither scrypt ($scrypt$...) nor bcrypt ($2b$...)`);
+    for (const s of senders) {
+      const problem = addressEntryProblem(s);
+      if (problem) throw new Error(`${file}:${i + 1}: sender of ${user}: ${problem}`);
+    }
     users.set(user, { hash, senders });
   }
   return users;
@@ -118,10 +123,7 @@ export function createAuth(users: Map<string, UserEntry> | null, clock: Clock, s
     },
     maySend(user, sender) {
       const e = users?.get(user);
-      if (!e || e.senders.length === 0) return true;
-      const at = sender.lastIndexOf('@');
-      const domain = at < 0 ? '' : sender.slice(at + 1);
-      return e.senders.some((s) => (s.startsWith('@') ? sameDomain(s.slice(1), domain) : s.includes('@') ? lowerAscii(s) === lowerAscii(sender) : sameDomain(s, domain)));
+      return !e || e.senders.length === 0 || matchesEntry(sender, e.senders);
     },
   };
 }

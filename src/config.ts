@@ -14,11 +14,13 @@ import os from 'node:os';
 import * as v from 'valibot';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { isValidDomain, sameDomain } from './tags/address.js';
+import { BATV_DEFAULT_MAX_AGE_DAYS } from './tags/batv.js';
+import { SRS_DEFAULTS } from './tags/srs.js';
 import { cidrProblem } from './net/cidr.js';
 import { flag, list, nextHop, oneOf, ruleCheck, section, text, textOrNull, whole, type Problem as Check } from './config/fields.js';
 import { entriesOf, formatProblem, issuePath, nearest, unknownSettings, type Problem } from './config/problems.js';
 import {
-  dnsServerProblem, exemptionProblem, frontProblem, hostnameProblem, parseListen, parseNextHop, zoneProblem, type NextHop,
+  dnsServerProblem, addressEntryProblem, frontProblem, hostnameProblem, parseListen, parseNextHop, zoneProblem, type NextHop,
 } from './config/text.js';
 
 export { parseListen, parseNextHop, type NextHop };
@@ -56,7 +58,7 @@ const Settings = v.object({
   srs: section({
     /** The forwarder domain for SRS addresses; null disables SRS (foreign senders pass unchanged). */
     domain: v.optional(textOrNull(anyDomain), 'srs.example.com'),
-    maxAgeDays: v.optional(whole(1, 1000), 21),
+    maxAgeDays: v.optional(whole(1, 1000), SRS_DEFAULTS.maxAgeDays),
     separator: v.optional(oneOf(['=', '+', '-']), '='),
     hashLength: v.optional(whole(4, 27), 4),
     hashMin: v.optional(whole(1, 27), 4),
@@ -66,7 +68,7 @@ const Settings = v.object({
     reads: ['hashMin', 'hashLength'],
     problem: (s) => (s.hashMin > s.hashLength ? { at: ['hashMin'], text: `${s.hashMin} is above srs.hashLength (${s.hashLength})` } : null),
   }),
-  batv: section({ maxAgeDays: v.optional(whole(0, 100), 7) }),
+  batv: section({ maxAgeDays: v.optional(whole(0, 100), BATV_DEFAULT_MAX_AGE_DAYS) }),
   keys: section({ dir: v.optional(text(), 'keys') }),
   outbound: section({
     listen: v.optional(text(listenAddress), '127.0.0.1:2525'),
@@ -80,9 +82,9 @@ const Settings = v.object({
     /** Offer AUTH without TLS (only for loopback tests). */
     allowInsecureAuth: v.optional(flag(), false),
     /** Sender addresses or domains never rewritten. */
-    exemptSenders: v.optional(list(exemptionProblem), []),
+    exemptSenders: v.optional(list(addressEntryProblem), []),
     /** Recipient addresses or domains (e.g. list servers) for which the sender is never rewritten. */
-    exemptRecipients: v.optional(list(exemptionProblem), []),
+    exemptRecipients: v.optional(list(addressEntryProblem), []),
     /** A tag pushing the local part over 64 octets: sign anyway (default) or send unsigned. */
     overlong: v.optional(oneOf(['sign', 'skip']), 'sign'),
     /** Load balancers allowed to send a PROXY protocol header (their IPs; "*" for any). */

@@ -43,6 +43,8 @@ export function isSmtpReply(v: unknown): v is SmtpReply {
 export const transportReplies = {
   /** DATA: the message passed limits.maxMessageBytes (the words smtp-server uses for the same limit). */
   messageTooLarge: (limit: number) => new SmtpReply(552, '5.3.4', `Message exceeds fixed maximum message size ${limit}`),
+  /** DATA: the header block passed what the proxy holds to rewrite it (src/smtp/headers.ts MAX_HEADER_BYTES). */
+  headerTooLarge: () => new SmtpReply(552, '5.3.4', 'Message header too large'),
   /** The client's connection closed before the end of DATA (it hears nothing; the log says client-left). */
   clientLeft: () => new SmtpReply(451, '4.4.2', 'Client connection closed before the end of the message'),
   /** Anything unexpected in a hook: the client retries, the log says what it was. */

@@ -266,15 +266,17 @@ describe('parseConfig() checks values that used to fail only later', () => {
     expect(problems({ inbound: { dnsbl: { zone: 'ips.backscatterer.org.' } } })).toEqual(['inbound.dnsbl.zone: "ips.backscatterer.org." is not a domain name']);
   });
 
-  it('takes outbound.exemptSenders and exemptRecipients entries as addresses or domains', () => {
-    const c = parseConfig({ outbound: { exemptSenders: ['noreply@example.com', 'Lists.Example.NET'], exemptRecipients: ['"list owner"@example.org', 'lists.example.net'] } });
-    expect([c.outbound.exemptSenders, c.outbound.exemptRecipients]).toEqual([['noreply@example.com', 'Lists.Example.NET'], ['"list owner"@example.org', 'lists.example.net']]);
-    expect(problems({ outbound: { exemptSenders: ['noreply@', '@example.com', '<noreply@example.com>'], exemptRecipients: ['lists example', 'lists.example.net.', 5] } })).toEqual([
-      'outbound.exemptSenders: "noreply@" is neither an address (local@domain) nor a domain',
-      'outbound.exemptSenders: "@example.com" is neither an address (local@domain) nor a domain',
-      'outbound.exemptSenders: "<noreply@example.com>" is neither an address (local@domain) nor a domain',
-      'outbound.exemptRecipients: "lists example" is neither an address (local@domain) nor a domain',
-      'outbound.exemptRecipients: "lists.example.net." is neither an address (local@domain) nor a domain',
+  it('takes outbound.exemptSenders and exemptRecipients entries as addresses or domains (example.com or @example.com)', () => {
+    const c = parseConfig({ outbound: { exemptSenders: ['noreply@example.com', 'Lists.Example.NET', '@example.org'], exemptRecipients: ['"list owner"@example.org', 'lists.example.net'] } });
+    expect([c.outbound.exemptSenders, c.outbound.exemptRecipients]).toEqual([['noreply@example.com', 'Lists.Example.NET', '@example.org'], ['"list owner"@example.org', 'lists.example.net']]);
+    const nor = 'is neither an address (local@domain) nor a domain (example.com or @example.com)';
+    expect(problems({ outbound: { exemptSenders: ['noreply@', '@', '@@example.com', '<noreply@example.com>'], exemptRecipients: ['lists example', 'lists.example.net.', 5] } })).toEqual([
+      `outbound.exemptSenders: "noreply@" ${nor}`,
+      `outbound.exemptSenders: "@" ${nor}`,
+      `outbound.exemptSenders: "@@example.com" ${nor}`,
+      `outbound.exemptSenders: "<noreply@example.com>" ${nor}`,
+      `outbound.exemptRecipients: "lists example" ${nor}`,
+      `outbound.exemptRecipients: "lists.example.net." ${nor}`,
       'outbound.exemptRecipients: must be a list of non-empty strings; 5 is not one',
     ]);
   });

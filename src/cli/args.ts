@@ -52,6 +52,11 @@ export function parseVerbArgs(verb: Verb, argv: string[]): { values: Record<stri
 }
 
 /** --now ISO8601 (or the real clock). */
+/** The config file a verb reads: --config, else $BATV_PROXY_CONFIG, else none (the embedded defaults). */
+export function configFile(values: Record<string, unknown>, io: Io): string | null {
+  return (values.config as string | undefined) || io.env.BATV_PROXY_CONFIG || null;
+}
+
 export function nowFrom(values: Record<string, unknown>, io: Io): number {
   const v = values.now;
   if (v === undefined) return io.now();

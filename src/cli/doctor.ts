@@ -10,7 +10,7 @@ import { readKeys, retire, keyringPath, keyScheduleWarnings, KEY_SCHEDULE_DEFAUL
 import { loadUsers } from '../auth.js';
 import { connectNextHop } from '../smtp/client.js';
 import { MS_PER_DAY } from '../clock.js';
-import { EXIT_OK, EXIT_REFUSED, type Io, type Verb } from './args.js';
+import { EXIT_OK, EXIT_REFUSED, configFile, type Io, type Verb } from './args.js';
 
 type Level = 'ok' | 'warn' | 'FAIL';
 
@@ -75,7 +75,7 @@ export const doctorVerb: Verb = {
   positionals: { min: 0, max: 0 },
   async run(values, _p, io: Io) {
     const lines: Array<[Level, string]> = [];
-    const file = (values.config as string | undefined) ?? io.env.BATV_PROXY_CONFIG ?? null;
+    const file = configFile(values, io);
     let config: Config;
     try {
       config = await loadConfig(file, io.env);

@@ -4,13 +4,12 @@
  * accepted, 1 otherwise (like verify).
  */
 import { MS_PER_DAY, utcDay } from '../clock.js';
-import { BATV_LIFETIME_DAYS, FUTURE_WINDOW_DAYS, batvVerify } from '../tags/batv.js';
-import { srsReverse, type SrsOptions } from '../tags/srs.js';
+import { BATV_DEFAULT_MAX_AGE_DAYS, BATV_INVALID_WORDS, BATV_LIFETIME_DAYS, FUTURE_WINDOW_DAYS, batvVerify, parseBatvTag } from '../tags/batv.js';
+import { SRS_DEFAULTS, srsReverse, type SrsOptions } from '../tags/srs.js';
 import { tagKey, type TagKeyring } from '../tags/keyring.js';
 import type { Config } from '../config.js';
 import { configFor, secretsKeyring } from './tags.js';
 import { loadKeyring, thumbprint, type StoredKey } from '../keys.js';
-import { SRS_DEFAULTS } from '../tags/srs.js';
 import { EXIT_OK, EXIT_REFUSED, nowFrom, strings, type Io, type Verb } from './args.js';
 
 const day = (d: number) => new Date(d * MS_PER_DAY).toISOString().slice(0, 10);
@@ -35,17 +34,17 @@ async function keyName(ctx: Ctx, num: number): Promise<string> {
 }
 
 async function explainBatv(address: string, ctx: Ctx, out: string[]): Promise<boolean> {
-  const m = /^prvs=(\d)(\d{3})([0-9a-f]{6})=(.+)@([^@]+)$/is.exec(address);
+  const m = parseBatvTag(address);
   out.push('scheme: BATV prvs (draft-levine-smtp-batv-01)');
   if (!m) {
-    out.push('verdict: refused: malformed BATV tag');
+    out.push(`verdict: refused: ${BATV_INVALID_WORDS.malformed}`);
     return false;
   }
   const today = utcDay(ctx.now);
-  const expiry = plausibleDay(Number(m[2]), 1000, today);
-  const maxAge = ctx.config?.batv.maxAgeDays ?? 7;
-  out.push(`original: ${m[4]}@${m[5]}`, `key number: ${m[1]}`);
-  out.push(`signed: ${day(expiry - BATV_LIFETIME_DAYS)} (UTC day; the tag carries ${m[2]}, the expiry day mod 1000)`);
+  const expiry = plausibleDay(Number(m.ddd), 1000, today);
+  const maxAge = ctx.config?.batv.maxAgeDays ?? BATV_DEFAULT_MAX_AGE_DAYS;
+  out.push(`original: ${m.original}`, `key number: ${m.k}`);
+  out.push(`signed: ${day(expiry - BATV_LIFETIME_DAYS)} (UTC day; the tag carries ${m.ddd}, the expiry day mod 1000)`);
   out.push(`valid through: ${day(expiry - BATV_LIFETIME_DAYS + maxAge)} (max age ${maxAge} days)`);
   const r = batvVerify(address, ctx.ring, ctx.now, maxAge);
   if (r.kind === 'valid') {

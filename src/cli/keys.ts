@@ -10,14 +10,16 @@ import {
   type StoredKey,
 } from '../keys.js';
 import { MS_PER_DAY } from '../clock.js';
+import { BATV_DEFAULT_MAX_AGE_DAYS } from '../tags/batv.js';
 import { utf8 } from '../tags/hmac.js';
+import { SRS_DEFAULTS } from '../tags/srs.js';
 import { EXIT_OK, EXIT_REFUSED, intFlag, nowFrom, UsageError, type Io, type Verb } from './args.js';
 
 async function dirAndAges(values: Record<string, unknown>, io: Io): Promise<{ dir: string; verifyDays: number }> {
   const config = await configFor(values, io);
   const dir = (values.dir as string | undefined) ?? config?.keys.dir ?? 'keys';
   // A key must keep verifying as long as any tag it made can be valid: the longer lifetime, plus a day of skew.
-  const verifyDays = Math.max(config?.batv.maxAgeDays ?? 7, config?.srs.maxAgeDays ?? 21) + 1;
+  const verifyDays = Math.max(config?.batv.maxAgeDays ?? BATV_DEFAULT_MAX_AGE_DAYS, config?.srs.maxAgeDays ?? SRS_DEFAULTS.maxAgeDays) + 1;
   return { dir, verifyDays };
 }
 

@@ -9,11 +9,7 @@ import { listenProblems } from './doctor.js';
 import { createLogger } from '../log.js';
 import { startProxy } from '../proxy.js';
 import { RESTART_ONLY } from '../runtime.js';
-import { EXIT_OK, type Io, type Verb } from './args.js';
-
-function configFile(values: Record<string, unknown>, io: Io): string | null {
-  return (values.config as string | undefined) ?? io.env.BATV_PROXY_CONFIG ?? null;
-}
+import { EXIT_OK, configFile, type Io, type Verb } from './args.js';
 
 /**
  * The config, refused (one list of problems) when a listen address is unusable: a listen address in use

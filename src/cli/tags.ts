@@ -3,14 +3,14 @@
  * real exim, Mail::SRS and postsrsd, so flags, output and exit codes follow DESIGN §5 exactly:
  * the result on stdout, exit 0; refused or invalid: the reason on stderr, exit 1; usage: exit 2.
  */
-import { batvSign, batvVerify } from '../tags/batv.js';
+import { BATV_DEFAULT_MAX_AGE_DAYS, batvSign, batvVerify } from '../tags/batv.js';
 import { utf8 } from '../tags/hmac.js';
 import { makeKeyring, tagKey, type TagKey, type TagKeyring } from '../tags/keyring.js';
 import { parseMailbox } from '../tags/address.js';
 import { SRS_DEFAULTS, srsForward, srsReverse, type SrsOptions, type SrsSeparator } from '../tags/srs.js';
 import { loadConfig, type Config } from '../config.js';
 import { loadKeyring } from '../keys.js';
-import { EXIT_OK, EXIT_REFUSED, intFlag, nowFrom, strings, UsageError, type Io, type Verb } from './args.js';
+import { EXIT_OK, EXIT_REFUSED, configFile, intFlag, nowFrom, strings, UsageError, type Io, type Verb } from './args.js';
 
 const keyringFlags = {
   secret: { type: 'string', multiple: true },
@@ -21,9 +21,9 @@ const keyringFlags = {
 
 /** The config file (--config or BATV_PROXY_CONFIG) with BATV_PROXY_* overrides, or null when neither is set. */
 export async function configFor(values: Record<string, unknown>, io: Io): Promise<Config | null> {
-  const file = (values.config as string | undefined) ?? io.env.BATV_PROXY_CONFIG;
+  const file = configFile(values, io);
   const anyEnv = Object.keys(io.env).some((k) => k.startsWith('BATV_PROXY_') && k !== 'BATV_PROXY_CONFIG');
-  return file || anyEnv ? loadConfig(file ?? null, io.env) : null;
+  return file || anyEnv ? loadConfig(file, io.env) : null;
 }
 
 /** The keyring from --secret (first signs) or from --dir / the config's keys.dir / keys/. */
@@ -104,7 +104,7 @@ export const verify: Verb = {
     const ring = await keyringFrom(values, io, now);
     const candidates = anyNumber(secrets, ring);
     const config = secrets.length ? null : await configFor(values, io);
-    const age = maxAge ?? config?.batv.maxAgeDays ?? 7;
+    const age = maxAge ?? config?.batv.maxAgeDays ?? BATV_DEFAULT_MAX_AGE_DAYS;
     let first: ReturnType<typeof batvVerify> | undefined;
     for (const key of candidates(Number(/^prvs=(\d)/i.exec(address!)?.[1] ?? 0))) {
       const r = batvVerify(address!, { byNum: (n) => (n === key.num ? key : undefined) }, now, age);

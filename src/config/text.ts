@@ -99,12 +99,13 @@ export function dnsServerProblem(s: string): string | null {
 }
 
 /**
- * An entry of outbound.exemptSenders / exemptRecipients: a whole address (local@domain, matched
- * exactly but for case) or a domain (matching every address in it); see policy/sign.ts matchesEntry.
+ * An entry of an address list (outbound.exemptSenders / exemptRecipients, a user's senders in the users
+ * file): a whole address (local@domain, matched exactly but for case) or a domain ("example.com" or
+ * "@example.com", matching every address in it); see policy/sign.ts matchesEntry.
  */
-export function exemptionProblem(s: string): string | null {
-  if (s.includes('@') ? parseMailbox(s).ok : isValidDomain(s)) return null;
-  return `${quote(s)} is neither an address (local@domain) nor a domain`;
+export function addressEntryProblem(s: string): string | null {
+  if (s.startsWith('@') ? isValidDomain(s.slice(1)) : s.includes('@') ? parseMailbox(s).ok : isValidDomain(s)) return null;
+  return `${quote(s)} is neither an address (local@domain) nor a domain (example.com or @example.com)`;
 }
 
 /** An IP address of a trusted front (PROXY protocol, XCLIENT), or "*" for any. */

@@ -4,7 +4,8 @@
  * open (the caller decides what to count and does not refuse on them).
  */
 import { Resolver } from 'node:dns/promises';
-import { isIPv4, isIPv6 } from 'node:net';
+import { isIPv4 } from 'node:net';
+import { parseIPv6 } from '../tags/address.js';
 import { LRUCache } from 'lru-cache';
 import type { Clock } from '../clock.js';
 
@@ -86,36 +87,6 @@ export function applies(mailFrom: string): boolean {
   return local.toLowerCase() === 'postmaster';
 }
 
-/** Parses an IPv6 address (no zone) into 16 bytes, or null. */
-function ipv6Bytes(ip: string): number[] | null {
-  if (!isIPv6(ip)) return null;
-  let s = ip;
-  const tail: number[] = [];
-  const lastColon = s.lastIndexOf(':');
-  const last = s.slice(lastColon + 1);
-  if (last.includes('.')) {
-    if (!isIPv4(last)) return null;
-    tail.push(...last.split('.').map(Number));
-    s = s.slice(0, lastColon + 1) + '0:0'; // placeholder groups, replaced below
-  }
-  const halves = s.split('::');
-  if (halves.length > 2) return null;
-  const groups = (h: string | undefined): string[] => (h ? h.split(':') : []);
-  const left = groups(halves[0]);
-  const right = groups(halves[1]);
-  const fill = 8 - left.length - right.length;
-  if (halves.length === 1 ? fill !== 0 : fill < 0) return null;
-  const all = [...left, ...Array<string>(Math.max(fill, 0)).fill('0'), ...right];
-  const bytes: number[] = [];
-  for (const g of all) {
-    if (!/^[0-9a-fA-F]{1,4}$/.test(g)) return null;
-    const v = parseInt(g, 16);
-    bytes.push(v >> 8, v & 0xff);
-  }
-  if (tail.length) bytes.splice(12, 4, ...tail);
-  return bytes.length === 16 ? bytes : null;
-}
-
 /** Normalises an address into IPv4 octets or IPv6 bytes; IPv4-mapped IPv6 becomes IPv4. */
 function parseIp(raw: string): { v4: number[] } | { v6: number[] } | null {
   let s = raw.trim();
@@ -124,7 +95,7 @@ function parseIp(raw: string): { v4: number[] } | { v6: number[] } | null {
   const pct = s.indexOf('%');
   if (pct >= 0) s = s.slice(0, pct);
   if (isIPv4(s)) return { v4: s.split('.').map(Number) };
-  const b = ipv6Bytes(s);
+  const b = parseIPv6(s)?.bytes;
   if (!b) return null;
   if (b.slice(0, 10).every((x) => x === 0) && b[10] === 0xff && b[11] === 0xff) return { v4: b.slice(12) };
   return { v6: b };

@@ -5,25 +5,8 @@
  * src/smtp/client.ts.) Pure.
  */
 import { SmtpReply, transportReplies } from '../reply.js';
-import type { BatvInvalidReason } from '../tags/batv.js';
-import type { SrsInvalidReason } from '../tags/srs.js';
-
-const BATV_WORDS: Record<BatvInvalidReason, string> = {
-  malformed: 'malformed BATV tag',
-  'unknown-key': 'BATV key unknown',
-  'bad-signature': 'BATV signature invalid',
-  expired: 'BATV signature expired',
-  future: 'BATV signature dated in the future',
-};
-
-const SRS_WORDS: Record<SrsInvalidReason, string> = {
-  malformed: 'malformed SRS address',
-  'bad-timestamp': 'SRS timestamp malformed',
-  'hash-too-short': 'SRS hash too short',
-  'bad-hash': 'SRS hash invalid',
-  expired: 'SRS address expired',
-  future: 'SRS timestamp in the future',
-};
+import { BATV_INVALID_WORDS, type BatvInvalidReason } from '../tags/batv.js';
+import { SRS_INVALID_WORDS, type SrsInvalidReason } from '../tags/srs.js';
 
 export const replies = {
   /** Outbound: the client may not relay through us. */
@@ -35,13 +18,12 @@ export const replies = {
   /** Outbound: signing cannot happen (no usable key): never relay unsigned by accident. */
   cannotSign: (why: string) => new SmtpReply(451, '4.3.0', `Cannot sign the sender now (${why}); try again later`),
   badSender: (sender: string, why: string) => new SmtpReply(553, '5.1.7', `<${sender}>: ${why}`),
-  badRecipient: (rcpt: string, why: string) => new SmtpReply(553, '5.1.3', `<${rcpt}>: ${why}`),
   /** One transaction, one next hop (and one verdict class): the client retries this one separately. */
   separateTransaction: (rcpt: string) => new SmtpReply(452, '4.5.3', `<${rcpt}>: send this recipient in a separate transaction`),
   /** Inbound: not a domain of ours. */
   notOurDomain: (rcpt: string) => new SmtpReply(550, '5.7.1', `<${rcpt}>: relaying denied`),
-  batvInvalid: (rcpt: string, reason: BatvInvalidReason) => new SmtpReply(550, '5.7.1', `<${rcpt}>: ${BATV_WORDS[reason]}`),
-  srsInvalid: (rcpt: string, reason: SrsInvalidReason) => new SmtpReply(550, '5.7.1', `<${rcpt}>: ${SRS_WORDS[reason]}`),
+  batvInvalid: (rcpt: string, reason: BatvInvalidReason) => new SmtpReply(550, '5.7.1', `<${rcpt}>: ${BATV_INVALID_WORDS[reason]}`),
+  srsInvalid: (rcpt: string, reason: SrsInvalidReason) => new SmtpReply(550, '5.7.1', `<${rcpt}>: ${SRS_INVALID_WORDS[reason]}`),
   /** Inbound: "%" or "!" routing in a local part, which a mailbox host might still honour (percent hack, bang paths). */
   routingLocalPart: (rcpt: string) => new SmtpReply(550, '5.7.1', `<${rcpt}>: routing characters (% or !) in the local part are not accepted`),
   /** Inbound: an address in the SRS domain that is not an SRS address. */
@@ -75,6 +57,5 @@ export const replies = {
   authTemporary: () => new SmtpReply(454, '4.7.0', 'Temporary authentication failure'),
   ...transportReplies,
   tooManyRecipients: () => new SmtpReply(452, '4.5.3', 'Too many recipients'),
-  headerTooLarge: () => new SmtpReply(552, '5.3.4', 'Message header too large'),
   shuttingDown: () => new SmtpReply(421, '4.3.2', 'Service shutting down; try again later'),
 } as const;

@@ -36,13 +36,22 @@ export type SignDecision =
   | { kind: 'unchanged'; address: string; reason: UnchangedReason }
   | { kind: 'refused'; reply: SmtpReply };
 
-/** Does `address` match an entry: a whole address, or a domain (matching the domain part)? Case-insensitive. */
+/**
+ * Does `address` match an entry: a whole address, or a domain ("example.com" or "@example.com", matching
+ * the domain part exactly, not its subdomains)? Case-insensitive. The one matcher for address lists:
+ * outbound exemptions here, a user's allowed senders in src/auth.ts (entries checked by
+ * src/config/text.ts addressEntryProblem).
+ *
+ * @example
+ *   matchesEntry('Alice@Example.com', ['@example.com']); // true
+ *   matchesEntry('alice@sub.example.com', ['example.com']); // false
+ */
 export function matchesEntry(address: string, entries: readonly string[]): boolean {
   if (entries.length === 0) return false;
   const at = address.lastIndexOf('@');
   const domain = at < 0 ? '' : address.slice(at + 1);
   const lower = lowerAscii(address);
-  return entries.some((e) => (e.includes('@') ? lowerAscii(e) === lower : sameDomain(e, domain)));
+  return entries.some((e) => (e.startsWith('@') ? sameDomain(e.slice(1), domain) : e.includes('@') ? lowerAscii(e) === lower : sameDomain(e, domain)));
 }
 
 function isOurs(domain: string, domains: readonly string[]): boolean {

@@ -152,20 +152,15 @@ function bareText(reply: Reply): string {
   return reply.lines.map((l) => (e !== null && (l === e || l.startsWith(`${e} `)) ? l.slice(e.length + 1) : l)).join(' ').trim();
 }
 
-/** `passThrough(reply).message` without building an Error (the success path). */
-function replyText(reply: Reply): string {
+/** passThrough(reply).message without building an Error (the success path). */
+export function passThroughText(reply: Reply): string {
   const t = bareText(reply);
   return reply.enhanced ? `${reply.enhanced} ${t}` : t;
 }
 
-/** passThrough(reply).message without building an Error (the success path). */
-export function passThroughText(reply: Reply): string {
-  return replyText(reply);
-}
-
 /** passThrough(reply).line without building an Error. */
 export function replyLine(reply: Reply): string {
-  const t = replyText(reply);
+  const t = passThroughText(reply);
   return t ? `${reply.code} ${t}` : String(reply.code);
 }
 

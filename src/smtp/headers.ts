@@ -7,7 +7,7 @@
  *   field   = name ":" value *( CRLF WSP continuation )
  */
 import { Transform, type TransformCallback } from 'node:stream';
-import { SmtpReply } from '../reply.js';
+import { transportReplies } from '../reply.js';
 
 export const MAX_HEADER_BYTES = 1024 * 1024;
 
@@ -118,7 +118,7 @@ export class HeaderRewriter extends Transform {
     this.pending.push(chunk);
     this.pendingBytes += chunk.length;
     if (found < 0) {
-      if (this.pendingBytes > this.maxHeaderBytes) return cb(new SmtpReply(552, '5.3.4', 'Message header too large'));
+      if (this.pendingBytes > this.maxHeaderBytes) return cb(transportReplies.headerTooLarge());
       const keep = Math.min(3, this.pendingBytes);
       this.tail = Buffer.from(probe.subarray(probe.length - keep));
       return cb();

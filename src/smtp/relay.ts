@@ -123,7 +123,7 @@ export class RelayLink {
       try {
         await this.session.rset();
       } catch {
-        this.drop();
+        this.abort();
       }
     }
     let reused = true;
@@ -139,7 +139,7 @@ export class RelayLink {
     try {
       return await this.session.command(line(this.session));
     } catch (e) {
-      this.drop();
+      this.abort();
       if (!reused || !(e instanceof NextHopError) || e.kind !== 'closed') throw e;
       this.session = await this.pool.open(hop);
       this.hop = hop;
@@ -147,7 +147,7 @@ export class RelayLink {
       try {
         return await this.session.command(line(this.session));
       } catch (e2) {
-        this.drop();
+        this.abort();
         throw e2;
       }
     }
@@ -158,7 +158,7 @@ export class RelayLink {
     try {
       return await s.command(line);
     } catch (e) {
-      this.drop();
+      this.abort();
       throw e;
     }
   }
@@ -176,16 +176,11 @@ export class RelayLink {
       this.inTransaction = false;
       return reply;
     } catch (e) {
-      this.drop();
+      this.abort();
       throw e;
     } finally {
       this.sendingData = false;
     }
-  }
-
-  /** The hop of the current transaction, if one is open. */
-  get currentHop(): HopAddress | null {
-    return this.inTransaction ? this.hop : null;
   }
 
   /** The client left: abort a transaction in flight (nothing half-sent may complete), else pool the session. */
@@ -215,10 +210,6 @@ export class RelayLink {
     this.session?.abort();
     this.session = null;
     this.inTransaction = false;
-  }
-
-  private drop(): void {
-    this.abort();
   }
 
   private release(): void {

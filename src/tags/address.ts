@@ -80,22 +80,42 @@ export function isValidDomain(s: string): boolean {
   return labels.every((l) => l.length > 0 && octets(l) <= 63 && LABEL.test(l));
 }
 
-function isIPv6(s: string): boolean {
-  // Accepts the RFC 5321 IPv6-addr forms: full, compressed, and with an embedded IPv4 tail.
+/**
+ * The 16 bytes of an IPv6 address in text (RFC 4291 §2.2: full, "::"-compressed, with an embedded IPv4
+ * tail; no zone), and how many groups its "::" stands for (0 without one); null for anything else. The
+ * one IPv6 parser: SMTP address literals here, DNSBL lookups in src/inbound/dnsbl.ts.
+ *
+ * @example
+ *   parseIPv6('2001:db8::1');      // { bytes: [0x20, 0x01, 0x0d, 0xb8, 0, ..., 1], elided: 5 }
+ *   parseIPv6('::ffff:192.0.2.7'); // { bytes: [0, ..., 0xff, 0xff, 192, 0, 2, 7], elided: 5 }
+ */
+export function parseIPv6(s: string): { bytes: number[]; elided: number } | null {
   let rest = s;
-  let groupsAllowed = 8;
+  const tail: number[] = [];
   const v4 = /^(.*:)(\d+\.\d+\.\d+\.\d+)$/.exec(s);
   if (v4) {
-    if (!IPV4.test(v4[2]!)) return false;
+    if (!IPV4.test(v4[2]!)) return null;
+    tail.push(...v4[2]!.split('.').map(Number));
     rest = v4[1]!.endsWith('::') ? v4[1]! : v4[1]!.slice(0, -1);
-    groupsAllowed = 6;
   }
-  const parts = rest.split('::');
-  if (parts.length > 2) return false;
-  const groups = parts.flatMap((p) => (p === '' ? [] : p.split(':')));
-  if (!groups.every((g) => /^[0-9A-Fa-f]{1,4}$/.test(g))) return false;
-  // "::" stands for at least one group (RFC 5321 §4.1.3: at most 6, or 4 with an IPv4 tail, besides it).
-  return parts.length === 2 ? groups.length <= groupsAllowed - 2 : groups.length === groupsAllowed;
+  const halves = rest.split('::');
+  if (halves.length > 2) return null;
+  const split = (h: string): string[] => (h === '' ? [] : h.split(':'));
+  const left = split(halves[0]!);
+  const right = halves.length === 2 ? split(halves[1]!) : [];
+  const groups = [...left, ...right];
+  if (!groups.every((g) => /^[0-9A-Fa-f]{1,4}$/.test(g))) return null;
+  const room = 8 - tail.length / 2;
+  const elided = room - groups.length;
+  if (halves.length === 1 ? elided !== 0 : elided < 1) return null;
+  const words = [...left, ...Array<string>(halves.length === 2 ? elided : 0).fill('0'), ...right].map((g) => parseInt(g, 16));
+  return { bytes: [...words.flatMap((w) => [w >> 8, w & 0xff]), ...tail], elided: halves.length === 2 ? elided : 0 };
+}
+
+/** RFC 5321 §4.1.3 IPv6-addr: as RFC 4291, except that "::" stands for at least two groups. */
+function isIPv6(s: string): boolean {
+  const p = parseIPv6(s);
+  return p !== null && p.elided !== 1;
 }
 
 function isValidLocal(local: string): boolean {

@@ -23,7 +23,6 @@ export const BATV_DEFAULT_MAX_AGE_DAYS = 7;
 export const FUTURE_WINDOW_DAYS = 30;
 
 const TAGGED = /^prvs=/i;
-const FULL = /^prvs=([0-9])([0-9]{3})([0-9a-f]{6})=(.+)@([^@]+)$/is;
 
 export type BatvSignResult =
   | { kind: 'signed'; address: string; keyNum: number; expiryDay: string }
@@ -32,6 +31,15 @@ export type BatvSignResult =
 
 export type BatvInvalidReason = 'malformed' | 'unknown-key' | 'bad-signature' | 'expired' | 'future';
 
+/** What each refusal is called, in results and in the proxy's RCPT reply (src/policy/replies.ts). */
+export const BATV_INVALID_WORDS: Readonly<Record<BatvInvalidReason, string>> = {
+  malformed: 'malformed BATV tag',
+  'unknown-key': 'BATV key unknown',
+  'bad-signature': 'BATV signature invalid',
+  expired: 'BATV signature expired',
+  future: 'BATV signature dated in the future',
+};
+
 export type BatvVerifyResult =
   | { kind: 'not-tagged' }
   | { kind: 'valid'; original: string; keyNum: number; ageDays: number }
@@ -39,11 +47,14 @@ export type BatvVerifyResult =
 
 /**
  * Splits "prvs=" K DDD SSSSSS "=" local "@" domain without a regular expression (this runs for every
- * tagged recipient). The prefix was checked by the caller; local and domain must be non-empty, the
- * domain being what follows the last "@" (as exim's greedy match has it).
+ * tagged recipient): the one BATV tag parser (verify, hasBatvTag, `batv-proxy explain`). Local and domain
+ * must be non-empty, the domain being what follows the last "@" (as exim's greedy match has it).
+ *
+ * @example
+ *   parseBatvTag('prvs=5461cd18bc=user@example.com'); // { k: '5', ddd: '461', sig: 'cd18bc', original: 'user@example.com' }
  */
-function parseTag(a: string): { k: string; ddd: string; sig: string; original: string } | null {
-  if (a.length < 19 || a.charCodeAt(15) !== 61 /* = */) return null;
+export function parseBatvTag(a: string): { k: string; ddd: string; sig: string; original: string } | null {
+  if (a.length < 19 || !TAGGED.test(a) || a.charCodeAt(15) !== 61 /* = */) return null;
   for (let i = 5; i < 9; i++) {
     const c = a.charCodeAt(i);
     if (c < 48 || c > 57) return null;
@@ -59,7 +70,7 @@ function parseTag(a: string): { k: string; ddd: string; sig: string; original: s
 
 /** Does the address start with a prvs= tag (case-insensitive), valid or not? */
 export function hasBatvTag(address: string): boolean {
-  return TAGGED.test(address) && FULL.test(address);
+  return parseBatvTag(address) !== null;
 }
 
 let stampDay = NaN;
@@ -119,8 +130,8 @@ export function batvVerify(
   maxAgeDays: number = BATV_DEFAULT_MAX_AGE_DAYS,
 ): BatvVerifyResult {
   if (!TAGGED.test(address)) return { kind: 'not-tagged' };
-  const parsed = parseTag(address);
-  if (!parsed) return { kind: 'invalid', reason: 'malformed', message: 'malformed BATV tag' };
+  const parsed = parseBatvTag(address);
+  if (!parsed) return { kind: 'invalid', reason: 'malformed', message: BATV_INVALID_WORDS.malformed };
   const { k, ddd, sig, original } = parsed;
   const keyNum = Number(k);
   const key = keyring.byNum(keyNum);
@@ -128,7 +139,7 @@ export function batvVerify(
     return { kind: 'invalid', reason: 'unknown-key', message: `BATV key ${keyNum} is unknown`, original, keyNum };
   }
   if (!hexEqual(sig, signature(key, k, ddd, original))) {
-    return { kind: 'invalid', reason: 'bad-signature', message: 'BATV signature invalid', original, keyNum };
+    return { kind: 'invalid', reason: 'bad-signature', message: BATV_INVALID_WORDS['bad-signature'], original, keyNum };
   }
   // Today's stamp as exim computes it when checking (day numbers under three digits read as 100).
   const today = utcDay(nowMs);
@@ -137,7 +148,7 @@ export function batvVerify(
   // DDD only has three digits, so a sign day "in the future" and one ~1000 days ago look alike: only a
   // sign day up to FUTURE_WINDOW_DAYS ahead (a clock running ahead) is called future, the rest expired.
   if (ageDays >= 1000 - FUTURE_WINDOW_DAYS) {
-    return { kind: 'invalid', reason: 'future', message: 'BATV signature dated in the future', original, keyNum };
+    return { kind: 'invalid', reason: 'future', message: BATV_INVALID_WORDS.future, original, keyNum };
   }
-  return { kind: 'invalid', reason: 'expired', message: 'BATV signature expired', original, keyNum };
+  return { kind: 'invalid', reason: 'expired', message: BATV_INVALID_WORDS.expired, original, keyNum };
 }

@@ -53,6 +53,16 @@ export type SrsForwardResult =
 
 export type SrsInvalidReason = 'malformed' | 'bad-timestamp' | 'hash-too-short' | 'bad-hash' | 'expired' | 'future';
 
+/** What each refusal is called, in results and in the proxy's RCPT reply (src/policy/replies.ts). */
+export const SRS_INVALID_WORDS: Readonly<Record<SrsInvalidReason, string>> = {
+  malformed: 'malformed SRS address',
+  'bad-timestamp': 'SRS timestamp malformed',
+  'hash-too-short': 'SRS hash too short',
+  'bad-hash': 'SRS hash invalid',
+  expired: 'SRS address expired',
+  future: 'SRS timestamp in the future',
+};
+
 export type SrsReverseResult =
   | { kind: 'not-tagged' }
   | { kind: 'valid'; original: string; scheme: 'SRS0' | 'SRS1'; keyNum: number; ageDays?: number }
@@ -187,14 +197,14 @@ export function srsReverse(address: string, keyring: Pick<TagKeyring, 'verifying
     if (!f) return { kind: 'invalid', scheme: 'SRS0', reason: 'malformed', message: 'malformed SRS0 address' };
     const [h, tt, host, user] = f as [string, string, string, string];
     const key = checkHash(h, [tt, host, user], keyring, opts);
-    if (key === 'too-short') return { kind: 'invalid', scheme: 'SRS0', reason: 'hash-too-short', message: 'SRS hash too short' };
-    if (!key) return { kind: 'invalid', scheme: 'SRS0', reason: 'bad-hash', message: 'SRS hash invalid' };
+    if (key === 'too-short') return { kind: 'invalid', scheme: 'SRS0', reason: 'hash-too-short', message: SRS_INVALID_WORDS['hash-too-short'] };
+    if (!key) return { kind: 'invalid', scheme: 'SRS0', reason: 'bad-hash', message: SRS_INVALID_WORDS['bad-hash'] };
     const age = stampAge(tt, nowMs);
-    if (age === null) return { kind: 'invalid', scheme: 'SRS0', reason: 'bad-timestamp', message: 'SRS timestamp malformed' };
+    if (age === null) return { kind: 'invalid', scheme: 'SRS0', reason: 'bad-timestamp', message: SRS_INVALID_WORDS['bad-timestamp'] };
     if (age > opts.maxAgeDays) {
       return age >= DAYS_PER_CYCLE - FUTURE_WINDOW_DAYS
-        ? { kind: 'invalid', scheme: 'SRS0', reason: 'future', message: 'SRS timestamp in the future' }
-        : { kind: 'invalid', scheme: 'SRS0', reason: 'expired', message: 'SRS address expired' };
+        ? { kind: 'invalid', scheme: 'SRS0', reason: 'future', message: SRS_INVALID_WORDS.future }
+        : { kind: 'invalid', scheme: 'SRS0', reason: 'expired', message: SRS_INVALID_WORDS.expired };
     }
     return { kind: 'valid', scheme: 'SRS0', original: `${user}@${host}`, keyNum: key.num, ageDays: age };
   }
@@ -203,8 +213,8 @@ export function srsReverse(address: string, keyring: Pick<TagKeyring, 'verifying
     if (!f) return { kind: 'invalid', scheme: 'SRS1', reason: 'malformed', message: 'malformed SRS1 address' };
     const [h, h1, opaque] = f as [string, string, string];
     const key = checkHash(h, [h1, opaque], keyring, opts);
-    if (key === 'too-short') return { kind: 'invalid', scheme: 'SRS1', reason: 'hash-too-short', message: 'SRS hash too short' };
-    if (!key) return { kind: 'invalid', scheme: 'SRS1', reason: 'bad-hash', message: 'SRS hash invalid' };
+    if (key === 'too-short') return { kind: 'invalid', scheme: 'SRS1', reason: 'hash-too-short', message: SRS_INVALID_WORDS['hash-too-short'] };
+    if (!key) return { kind: 'invalid', scheme: 'SRS1', reason: 'bad-hash', message: SRS_INVALID_WORDS['bad-hash'] };
     return { kind: 'valid', scheme: 'SRS1', original: `SRS0${opaque}@${h1}`, keyNum: key.num };
   }
   return { kind: 'not-tagged' };

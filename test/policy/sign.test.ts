@@ -63,5 +63,7 @@ describe('matchesEntry()', () => {
     expect(matchesEntry('a@b.example', ['B.EXAMPLE'])).toBe(true);
     expect(matchesEntry('a@evilb.example', ['b.example'])).toBe(false);
     expect(matchesEntry('a@b.example', [])).toBe(false);
+    expect(matchesEntry('A@B.example', ['@b.example'])).toBe(true);
+    expect(matchesEntry('a@sub.b.example', ['@b.example'])).toBe(false);
   });
 });

@@ -10,6 +10,7 @@ import {
   lowerAscii,
   octets,
   parseMailbox,
+  parseIPv6,
   sameDomain,
   type AddressProblem,
   type ParsedAddress,
@@ -313,5 +314,30 @@ describe('lowerAscii() and sameDomain()', () => {
     expect(sameDomain('example.com', 'example.org')).toBe(false);
     expect(sameDomain('sub.example.com', 'example.com')).toBe(false);
     expect(sameDomain('BÜCHER.example', 'bücher.example')).toBe(false);
+  });
+});
+
+describe('parseIPv6 (the one IPv6 parser: address literals and DNSBL lookups)', () => {
+  it('reads what node:net reads, to the same 16 bytes', async () => {
+    const net = await import('node:net');
+    const word = fc.integer({ min: 0, max: 0xffff });
+    fc.assert(fc.property(fc.array(word, { minLength: 8, maxLength: 8 }), fc.boolean(), (words, v4tail) => {
+      const hex = words.map((w) => w.toString(16));
+      const text = v4tail ? `${hex.slice(0, 6).join(':')}:${words.slice(6).flatMap((w) => [w >> 8, w & 0xff]).join('.')}` : hex.join(':');
+      // node's own canonical (compressed) form of the same address
+      const canon = new net.SocketAddress({ address: text, family: 'ipv6' }).address;
+      const bytes = words.flatMap((w) => [w >> 8, w & 0xff]);
+      expect(parseIPv6(text)?.bytes).toEqual(bytes);
+      expect(parseIPv6(canon)?.bytes).toEqual(bytes);
+    }), { numRuns: 500 });
+  });
+
+  it('refuses what is not one address, and counts the groups "::" stands for', () => {
+    for (const bad of ['', ':', ':::', '1::2::3', '1:2:3:4:5:6:7:8:9', '1:2:3:4:5:6:7', '12345::', 'g::1', '::1.2.3.256', '1:2:3:4:5:6:7:1.2.3.4', 'fe80::1%eth0']) {
+      expect(parseIPv6(bad), bad).toBeNull();
+    }
+    expect(parseIPv6('::')).toEqual({ bytes: Array(16).fill(0), elided: 8 });
+    expect(parseIPv6('1:2:3:4:5:6:7::')?.elided).toBe(1);
+    expect(parseIPv6('::ffff:192.0.2.7')).toEqual({ bytes: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 0, 2, 7], elided: 5 });
   });
 });
