@@ -7,6 +7,8 @@
  * Precedence: DSN content types > MDN content types > ARF/TLS-RPT content types > explicit NDR markers
  * (Exchange/exim headers, qmail text) > DMARC aggregate shapes > auto-reply signals > sender/subject heuristics.
  */
+import { LineEndNormaliser } from '../smtp/dotstuff.js';
+import { headerBlockEnd } from '../smtp/headers.js';
 
 /** The verdict kinds; only `dsn` is meant to be refused. */
 export type BounceKind = 'dsn' | 'mdn' | 'auto-reply' | 'report' | 'other';
@@ -45,9 +47,6 @@ interface ContentType {
 interface Part extends ContentType {
   filename: string;
 }
-
-const LF = 0x0a;
-const CR = 0x0d;
 
 /** Unfolds a header block into lowercased names and values (whitespace runs collapsed); stops at a blank line. */
 function parseHeaders(text: string): Headers {
@@ -309,6 +308,7 @@ export function createBounceClassifier(opts: BounceClassifierOptions = {}): Boun
   let scan = 0;
   let seen = 0;
   let result: Classification | undefined;
+  const lineEnds = new LineEndNormaliser();
 
   const append = (src: Uint8Array, from: number, n: number): void => {
     const limit = bodyAt >= 0 ? bodyAt + prefix : maxHeader + prefix;
@@ -321,15 +321,9 @@ export function createBounceClassifier(opts: BounceClassifierOptions = {}): Boun
     len += n;
   };
   const findHeaderEnd = (): number => {
-    for (let i = scan; i < len; i++) {
-      if (i > 0 && buf[i - 1] !== LF) continue;
-      if (buf[i] === LF) return i + 1;
-      if (buf[i] === CR) {
-        if (i + 1 >= len) return (scan = i), -1;
-        if (buf[i + 1] === LF) return i + 2;
-      }
-    }
-    return (scan = len), -1;
+    const end = headerBlockEnd(buf, scan, len, true);
+    if (end < 0) scan = Math.max(0, len - 1);
+    return end;
   };
 
   return {
@@ -339,9 +333,12 @@ export function createBounceClassifier(opts: BounceClassifierOptions = {}): Boun
     get bytesSeen() {
       return seen;
     },
-    write(chunk: Uint8Array): void {
-      if (result || !(chunk instanceof Uint8Array)) return;
-      seen += chunk.length;
+    write(raw: Uint8Array): void {
+      if (result || !(raw instanceof Uint8Array)) return;
+      seen += raw.length;
+      if (bodyAt >= 0 && len >= bodyAt + prefix) return; // all it reads is held
+      // Read as the next hop will get it (bare CR/LF as CR LF, no NUL), as the header rewriter does.
+      const chunk = lineEnds.push(Buffer.isBuffer(raw) ? raw : Buffer.from(raw.buffer, raw.byteOffset, raw.length));
       let off = 0;
       while (off < chunk.length) {
         if (bodyAt < 0) {

@@ -28,6 +28,7 @@ const DOT = 0x2e;
 const NUL = 0x00;
 const END_AFTER_CRLF = Buffer.from('.\r\n');
 const END_WITH_CRLF = Buffer.from('\r\n.\r\n');
+const LF_BYTE = Buffer.from('\n');
 
 /**
  * True when `chunk` has a bare CR, a bare LF or a NUL. `afterCR`: the byte before the chunk was a CR (a
@@ -145,6 +146,63 @@ export class DotStuffer {
       return Buffer.from('\n.\r\n');
     }
     return this.lineStart ? END_AFTER_CRLF : END_WITH_CRLF;
+  }
+}
+
+/**
+ * The message as the encoder will send it, without the dot-stuffing: bare CR and bare LF become CR LF,
+ * NUL is dropped, chunk by chunk. What reads a message's header block (the rewriter that strips forged
+ * verdict fields, the bounce classifier) reads it through this, so it sees the same lines, and the same
+ * field names, that the next hop will (a field after a bare CR, or a name cut by a NUL, is no way past
+ * it). A chunk with CR LF line ends only and no NUL is returned as it is.
+ *
+ * @example
+ *   const n = new LineEndNormaliser();
+ *   n.push(Buffer.from('A: 1\rX-V\0: 2\r')); // "A: 1\r\nX-V: 2\r\n"
+ *   n.push(Buffer.from('\nbody'));             // "body" (the LF of the CR LF split between chunks)
+ */
+export class LineEndNormaliser {
+  /** The last byte was a CR, already sent as CR LF: an LF that follows is its own. */
+  private skipLF = false;
+
+  /** True while a CR at the end of the last chunk may still have its LF to come. */
+  get pending(): boolean {
+    return this.skipLF;
+  }
+
+  push(chunk: Buffer): Buffer {
+    let c = chunk;
+    if (this.skipLF && c.length > 0) {
+      this.skipLF = false;
+      if (c[0] === LF) c = c.subarray(1);
+    }
+    const len = c.length;
+    if (len === 0) return c;
+    if (!hasBareLineEnd(c, false)) {
+      if (c[len - 1] !== CR) return c;
+      this.skipLF = true;
+      return Buffer.concat([c, LF_BYTE]);
+    }
+    const out = Buffer.allocUnsafe(len * 2);
+    let pos = 0;
+    let skip = false;
+    for (let i = 0; i < len; i++) {
+      const b = c[i] as number;
+      if (b === LF && skip) {
+        skip = false;
+        continue;
+      }
+      skip = false;
+      if (b === CR || b === LF) {
+        out[pos++] = CR;
+        out[pos++] = LF;
+        skip = b === CR;
+      } else if (b !== NUL) {
+        out[pos++] = b;
+      }
+    }
+    this.skipLF = skip;
+    return out.subarray(0, pos);
   }
 }
 

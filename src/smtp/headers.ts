@@ -8,6 +8,7 @@
  */
 import { Transform, type TransformCallback } from 'node:stream';
 import { transportReplies } from '../reply.js';
+import { LineEndNormaliser } from './dotstuff.js';
 
 export const MAX_HEADER_BYTES = 1024 * 1024;
 
@@ -72,30 +73,43 @@ export function stripFields(block: Buffer, strip: ReadonlySet<string>): Buffer {
   return changed ? Buffer.from(out.join(''), 'latin1') : block;
 }
 
+const LF = 0x0a;
+const CR = 0x0d;
+
 /**
- * Where the header block ends in `buf` (index just past the empty line), or -1. `atStart` says `buf`
- * begins the message (where a first empty line means there is no header at all).
+ * Where a header block ends: the index just past its first empty line, or -1. An empty line is a line
+ * start (the message start when `atStart`, else just after an LF) followed by LF or CRLF, so "CRLF CRLF",
+ * "LF LF", "LF CRLF" and "CRLF LF" all end it, as lenient receivers read them. Positions from `from` to
+ * `len` are looked at (position `from` needs the byte before it in `buf` unless `atStart` and from is 0);
+ * when nothing is found, scan again from `len - 1` once more bytes are there (a CR may wait for its LF).
+ * The one header-block parser: the rewriter here and the bounce classifier (src/inbound/classify.ts).
+ *
+ * @example
+ *   headerBlockEnd(Buffer.from('A: 1\n\r\nbody'), 0, 11, true); // 7
  */
-function headerEnd(buf: Buffer, atStart: boolean): number {
-  if (atStart && buf.length >= 2 && buf[0] === 0x0d && buf[1] === 0x0a) return 0;
-  if (atStart && buf.length >= 1 && buf[0] === 0x0a) return 0;
-  const crlf = buf.indexOf('\r\n\r\n');
-  const lf = buf.indexOf('\n\n');
-  if (crlf < 0 && lf < 0) return -1;
-  if (crlf >= 0 && (lf < 0 || crlf + 2 <= lf)) return crlf + 4;
-  return lf + 2;
+export function headerBlockEnd(buf: Uint8Array, from: number, len: number, atStart: boolean): number {
+  for (let i = from; i < len; i++) {
+    if (i === 0 ? !atStart : buf[i - 1] !== LF) continue;
+    if (buf[i] === LF) return i + 1;
+    if (buf[i] === CR && i + 1 < len && buf[i + 1] === LF) return i + 2;
+  }
+  return -1;
 }
 
 /**
  * A Transform that writes `prepend` first, then the message with the `strip` fields removed from its
- * header block. Fails with a 552 SmtpReply when the header block exceeds `maxHeaderBytes`. Each chunk
- * is searched once (with the last 3 bytes before it), and the block is joined once: linear work.
+ * header block. Fails with a 552 SmtpReply when the header block exceeds `maxHeaderBytes`. The header
+ * block is read, and sent on, with its line ends normalised as the next-hop encoder would (so what is
+ * stripped is what the next hop would see as a field). Each chunk is searched once (with the 2 bytes
+ * before it), and the block is joined once: linear work.
  */
 export class HeaderRewriter extends Transform {
   private pending: Buffer[] = [];
   private pendingBytes = 0;
   private tail = Buffer.alloc(0);
   private inHeader: boolean;
+  /** The header block is read as the next hop will get it (docs/smuggling.md): see LineEndNormaliser. */
+  private readonly lineEnds = new LineEndNormaliser();
 
   constructor(
     private readonly prepend: Buffer,
@@ -107,19 +121,24 @@ export class HeaderRewriter extends Transform {
     if (!this.inHeader && prepend.length) this.push(prepend);
   }
 
-  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
-    if (!this.inHeader) return cb(null, chunk);
-    // Until two bytes have arrived the message may still begin with an empty line (no header at all),
-    // and that first CRLF may itself arrive split across chunks.
-    const atStart = this.pendingBytes < 2;
+  override _transform(raw: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    // After the header block, bytes pass as they came (the encoder normalises them), except the LF of a
+    // CR LF split across the end of the header block, which the normaliser already sent.
+    if (!this.inHeader) return cb(null, this.lineEnds.pending ? this.lineEnds.push(raw) : raw);
+    const chunk = this.lineEnds.push(raw);
+    if (chunk.length === 0) return cb();
+    // probe = the last (up to) 2 bytes before this chunk, then the chunk. When it begins the message, every
+    // position is looked at (an empty first line means no header at all); else the first byte of probe was
+    // looked at last time, with its successor, and is there only as the predecessor of the second.
+    const atStart = this.pendingBytes === this.tail.length;
     const probe = this.tail.length ? Buffer.concat([this.tail, chunk]) : chunk;
-    const found = headerEnd(probe, atStart);
+    const found = headerBlockEnd(probe, atStart ? 0 : 1, probe.length, atStart);
     const before = this.pendingBytes;
     this.pending.push(chunk);
     this.pendingBytes += chunk.length;
     if (found < 0) {
       if (this.pendingBytes > this.maxHeaderBytes) return cb(transportReplies.headerTooLarge());
-      const keep = Math.min(3, this.pendingBytes);
+      const keep = Math.min(2, this.pendingBytes);
       this.tail = Buffer.from(probe.subarray(probe.length - keep));
       return cb();
     }

@@ -204,6 +204,20 @@ describe('inbound verdicts at RCPT time', () => {
     expect(body.match(/^x-batv-proxy:/gim)).toHaveLength(2);
     expect(body).toContain('\r\nX-BATV-Proxy: untagged; by=proxy.test\r\nSubject: hi\r\n\r\nX-BATV-Proxy: in the body stays\r\n');
   });
+
+  it('removes a forged verdict hidden behind a bare CR, a bare LF or a NUL in its name (each a field at the mailbox host)', async () => {
+    // The next hop gets bare CR/LF as CR LF and no NUL (docs/smuggling.md), so each of these is a field
+    // there; the rewriter reads the header block the same way.
+    const t = await session(proxy, 'friend@example.net');
+    expect(await t.cmd('RCPT TO:<alice@example.com>')).toBe('250 Accepted');
+    const forged = 'Subject: hi\rX-BATV-Proxy: batv-valid; key=0\r\nTo: a\nX-BATV-\0Proxy: batv-valid; key=1\r\n\r\nbody\r\n';
+    expect((await t.data(forged)).end).toBe('250 Ok: queued as sink');
+    await t.quit();
+    const [m] = await mailbox.waitForMessages(1);
+    const body = m!.body.toString('latin1');
+    expect(body.match(/^x-batv-proxy:/gim)).toEqual(['X-BATV-Proxy:']);
+    expect(body).toContain('\r\nX-BATV-Proxy: untagged; by=proxy.test\r\nSubject: hi\r\nTo: a\r\n\r\nbody\r\n');
+  });
 });
 
 describe('inbound untaggedBounces modes with real bounce samples', () => {
