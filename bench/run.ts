@@ -1,29 +1,36 @@
 /**
- * Load benchmark of the whole proxy on one machine (never part of `npm test`):
+ * Load benchmark of the whole proxy on one machine (never part of `npm test`). Four sides, run back to
+ * back for every scenario and repetition (medians over repetitions):
  *
- *   load generator ──▶ batv-proxy (child process) ──▶ next-hop sink          "proxy" rate
- *   load generator ─────────────────────────────────▶ next-hop sink          "direct" rate (the limit)
+ *   direct  load generator ─────────────────────────────────▶ next-hop sink    (the limit)
+ *   bare    load generator ──▶ bare.js (smtp-server alone: accepts and discards / refuses null-sender RCPT)
+ *   naive   load generator ──▶ relay.js (smtp-server + nodemailer pool) ──▶ next-hop sink
+ *   proxy   load generator ──▶ batv-proxy (child process) ──▶ next-hop sink
  *
- * Every rate is reported as a ratio to the direct rate measured in the same run, direct and proxy
- * runs interleaved, because absolute rates on shared machines drift by 2x within minutes.
+ * bare.js and relay.js are the yardsticks of ../shared/bench/calibration, run from there (started once
+ * each, NODE_PATH=<repo>/node_modules). The targets are ratios of the proxy to them, measured in the
+ * same sitting, because absolute rates on shared machines drift by 2x within minutes.
  *
  * Tools: Postfix's smtp-source / smtp-sink when installed (the same ones ../shared/bench/run.sh uses),
  * else a built-in bounded load generator and a minimal built-in sink, each in its own child process.
- * Also measured with a small built-in client: added latency per transaction (p50/p99, direct vs
- * through the proxy), peak RSS while relaying one 50 MiB message, RSS with 1,000 idle connections.
+ * Also measured: latency per transaction with a small built-in client (p50/p99 per side), RSS rise
+ * while relaying one 50 MiB message (bare, naive, proxy), proxy RSS with 1,000 idle connections.
  *
- *   npm run bench                        # full run, ~6-12 minutes
- *   npm run bench -- --quick             # short counts, one repetition, ~2 minutes
+ *   npm run bench                        # full run, 3 repetitions, ~15-25 minutes
+ *   npm run bench -- --quick             # short counts, one repetition, ~4 minutes
+ *   npm run bench -- --quick --scale 0.1 # smoke run: counts x0.1 (also BENCH_SCALE=0.1), ~1-2 minutes
  *   npm run bench -- --json out.json     # also write the results as JSON
  *   npm run bench -- --builtin           # use the built-in sink and generator even if Postfix is installed
  *   npm run bench -- --harness           # afterwards also run ../shared/bench/run.sh (limit + proxy)
  *   npm run bench -- --only 'out_4k|lat' # only the parts whose names match
+ *   npm run bench -- --calibration DIR   # where bare.js, relay.js, batv.js are (also BENCH_CALIBRATION)
  *
  * Everything listens on 127.0.0.1 on ports below 32768 found free; every run is bounded in count and
- * in time; every process started here is stopped by its PID (also on Ctrl-C).
+ * in time; every process started here is stopped by its PID (also on errors and Ctrl-C).
  */
 import { spawn, spawnSync, fork, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
+import { createRequire } from 'node:module';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync, chmodSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -237,9 +244,14 @@ async function startSink(port: number, smtpSink: string | null, reject: boolean)
   };
 }
 
+/** A load run's result; `fatal`: smtp-source gave up (a `fatal:` line or a non-zero exit), so what it sent is unknown. */
+type GenResult = LoadResult & { fatal?: boolean };
+
 interface Generator {
   readonly what: string;
-  run(job: LoadJob): Promise<LoadResult>;
+  /** True when `delivered` is counted by the generator itself (the built-in one); smtp-source does not count. */
+  readonly countsDelivered: boolean;
+  run(job: LoadJob): Promise<GenResult>;
   stop(): Promise<void>;
 }
 
@@ -247,6 +259,7 @@ async function startGenerator(smtpSource: string | null): Promise<Generator> {
   if (smtpSource) {
     return {
       what: 'smtp-source',
+      countsDelivered: false,
       run(job) {
         // -A: go on after a refusal; -d: reuse the session; -f '': MAIL FROM:<> ('<>' would give <<>>)
         const args = ['-A', '-s', String(job.sessions), '-m', String(job.count), '-f', job.from, '-t', job.to];
@@ -259,21 +272,31 @@ async function startGenerator(smtpSource: string | null): Promise<Generator> {
           let refused = 0;
           let warnings = 0;
           let lastError: string | null = null;
+          let fatal = false;
           let partial = '';
+          const scan = (lines: string[]): void => {
+            for (const l of lines) {
+              if (l.includes('recipient rejected')) refused++;
+              else if (l.includes('warning:') || l.includes('fatal:')) {
+                warnings++;
+                lastError = l.slice(0, 200);
+                if (l.includes('fatal:')) fatal = true;
+              }
+            }
+          };
           child.stderr?.on('data', (b: Buffer) => {
             const lines = (partial + b.toString('latin1')).split('\n');
             partial = lines.pop() ?? '';
-            for (const l of lines) {
-              if (l.includes('recipient rejected')) refused++;
-              else if (l.includes('warning:') || l.includes('fatal:')) { warnings++; lastError = l.slice(0, 200); }
-            }
+            scan(lines);
           });
           let timedOut = false;
           const timer = setTimeout(() => { timedOut = true; void stopChild(child, 2000); }, job.timeoutMs);
-          child.once('exit', () => {
+          child.once('exit', (code) => {
             clearTimeout(timer);
-            const delivered = job.to === '' ? 0 : -1; // filled in from the sink's count by the caller
-            resolve({ wallS: (performance.now() - t0) / 1000, delivered, refused, failed: warnings, timedOut, lastError });
+            scan([partial]);
+            if (code !== 0 && !timedOut) fatal = true;
+            const delivered = -1; // smtp-source does not count: the caller takes the sink's count (or sent - failures)
+            resolve({ wallS: (performance.now() - t0) / 1000, delivered, refused, failed: warnings, timedOut, lastError, fatal });
           });
         });
       },
@@ -283,6 +306,7 @@ async function startGenerator(smtpSource: string | null): Promise<Generator> {
   const child = await forkRole(['gen']);
   return {
     what: 'built-in generator',
+    countsDelivered: true,
     async run(job) {
       const r = await ipcRequest<{ result: LoadResult }>(child, { type: 'run', job }, 'done', job.timeoutMs + 30_000);
       return r.result;
@@ -330,9 +354,33 @@ async function startProxyProcess(configFile: string, outPort: number, inPort: nu
   return { pid: child.pid!, outPort, inPort, how: mode === 'dist' ? 'node bin/batv-proxy.js (dist/)' : 'node --import tsx src/main.ts', stop: () => stopChild(child, 8000) };
 }
 
+/**
+ * One of the yardsticks of ../shared/bench/calibration (bare.js, relay.js), run from there as it is with
+ * NODE_PATH pointing at this checkout's node_modules; settings through its environment (OUT_PORT, IN_PORT,
+ * HOST, and for relay.js NEXT_HOP and BATV_KEY).
+ */
+async function startCalibration(what: string, script: string, outPort: number, inPort: number, extraEnv: Record<string, string>): Promise<ProxyProc> {
+  const env = { ...process.env, NODE_PATH: path.join(ROOT, 'node_modules'), HOST, OUT_PORT: String(outPort), IN_PORT: String(inPort), ...extraEnv };
+  const child = track(spawn(process.execPath, [script], { cwd: path.dirname(script), env, stdio: ['ignore', 'pipe', 'pipe'] }));
+  let out = '';
+  child.stdout?.on('data', (b: Buffer) => { out = (out + b.toString()).slice(-2000); });
+  child.stderr?.on('data', (b: Buffer) => { out = (out + b.toString()).slice(-2000); });
+  try {
+    await waitListening(outPort, 20_000, child);
+    await waitListening(inPort, 10_000, child);
+  } catch (e) {
+    await stopChild(child);
+    throw new Error(`${what} (${script}) did not start: ${(e as Error).message}\n${out}`);
+  }
+  return { pid: child.pid!, outPort, inPort, how: `node ${script}`, stop: () => stopChild(child) };
+}
+
 // ───────────────────────────────────────────────────────────── scenarios
 
 type Kind = 'out' | 'reject' | 'rejecttag' | 'bounce';
+/** direct: generator → sink; bare: smtp-server alone; naive: smtp-server + nodemailer relay → sink; proxy: batv-proxy → sink. */
+type Side = 'direct' | 'bare' | 'naive' | 'proxy';
+const SIDES: readonly Side[] = ['direct', 'bare', 'naive', 'proxy'];
 
 interface Scenario {
   readonly name: string;
@@ -341,38 +389,63 @@ interface Scenario {
   readonly sessions: number;
   readonly count: number;
   readonly reuse: boolean;
-  /** What the ratio is held against (the brief's targets); null: reported only. */
-  readonly target: number | null;
   readonly unit: string;
 }
 
-function scenarios(quick: boolean): Scenario[] {
-  const n = (full: number, q: number) => (quick ? q : full);
-  const out = (name: string, size: number, sessions: number, count: number, reuse: boolean, target: number | null): Scenario =>
-    ({ name, kind: 'out', size, sessions, count, reuse, target, unit: 'msg/s' });
+/** Sides a scenario runs: bare.js refuses every null-sender RCPT, so it has no valid-bounce side. */
+const sidesOf = (sc: Scenario): readonly Side[] => (sc.kind === 'bounce' ? SIDES.filter((s) => s !== 'bare') : SIDES);
+
+function scenarios(quick: boolean, scale: number): Scenario[] {
+  const sc = (name: string, kind: Kind, size: number, sessions: number, full: number, q: number, reuse: boolean, unit: string): Scenario =>
+    ({ name, kind, size, sessions, count: Math.max(10, sessions, Math.round((quick ? q : full) * scale)), reuse, unit });
   return [
-    out('out_4k_c1', 4096, 1, n(3000, 500), true, null),
-    out('out_4k_c10', 4096, 10, n(20000, 3000), true, 0.5),
-    out('out_4k_c50', 4096, 50, n(20000, 3000), true, null),
-    out('out_100k_c1', 102400, 1, n(1000, 200), true, null),
-    out('out_100k_c10', 102400, 10, n(5000, 800), true, 0.7),
-    out('out_100k_c50', 102400, 50, n(5000, 800), true, null),
-    out('out_4k_c50_newconn', 4096, 50, n(5000, 1000), false, null),
-    { name: 'in_reject_c10', kind: 'reject', size: 0, sessions: 10, count: n(20000, 3000), reuse: true, target: 0.6, unit: 'refusals/s' },
-    { name: 'in_reject_forgedtag_c10', kind: 'rejecttag', size: 0, sessions: 10, count: n(20000, 3000), reuse: true, target: null, unit: 'refusals/s' },
-    { name: 'in_bounce_4k_c10', kind: 'bounce', size: 4096, sessions: 10, count: n(5000, 1000), reuse: true, target: 0.5, unit: 'msg/s' },
+    sc('out_4k_c1', 'out', 4096, 1, 3000, 500, true, 'msg/s'),
+    sc('out_4k_c10', 'out', 4096, 10, 20000, 3000, true, 'msg/s'),
+    sc('out_4k_c50', 'out', 4096, 50, 20000, 3000, true, 'msg/s'),
+    sc('out_100k_c1', 'out', 102400, 1, 1000, 200, true, 'msg/s'),
+    sc('out_100k_c10', 'out', 102400, 10, 5000, 800, true, 'msg/s'),
+    sc('out_100k_c50', 'out', 102400, 50, 5000, 800, true, 'msg/s'),
+    sc('out_4k_c50_newconn', 'out', 4096, 50, 5000, 1000, false, 'msg/s'),
+    sc('in_reject_c10', 'reject', 0, 10, 20000, 3000, true, 'refusals/s'),
+    sc('in_reject_c50_newconn', 'reject', 0, 50, 3000, 600, false, 'conn/s'),
+    sc('in_reject_forgedtag_c10', 'rejecttag', 0, 10, 20000, 3000, true, 'refusals/s'),
+    sc('in_bounce_4k_c10', 'bounce', 4096, 10, 5000, 1000, true, 'msg/s'),
   ];
 }
 
+/** A target: the proxy's `metric` `op` `factor` × the `against` side's, in one scenario (medians over reps). */
+interface Check {
+  readonly scenario: string;
+  readonly metric: 'rate' | 'cpuMs';
+  readonly against: Side;
+  readonly op: '>=' | '<=';
+  readonly factor: number;
+  readonly text: string;
+}
+
+const CHECKS: readonly Check[] = [
+  { scenario: 'out_4k_c10', metric: 'rate', against: 'naive', op: '>=', factor: 2, text: 'proxy rate >= 2 x naive rate' },
+  { scenario: 'out_4k_c10', metric: 'cpuMs', against: 'bare', op: '<=', factor: 3, text: 'proxy CPU/msg <= 3 x bare CPU/msg' },
+  { scenario: 'out_100k_c10', metric: 'rate', against: 'direct', op: '>=', factor: 0.5, text: 'proxy rate >= 0.5 x direct rate' },
+  { scenario: 'in_reject_c10', metric: 'rate', against: 'bare', op: '>=', factor: 0.9, text: 'proxy rate >= 0.9 x bare rate' },
+  { scenario: 'in_reject_c50_newconn', metric: 'cpuMs', against: 'bare', op: '<=', factor: 2, text: 'proxy CPU/connection <= 2 x bare' },
+];
+const BIG_MARGIN_MIB = 10;
+const LATENCY_P99_ADDED_MS = 1;
+
 interface RunRecord {
   rep: number;
-  side: 'direct' | 'proxy';
+  side: Side;
   wallS: number;
   done: number;
   rate: number;
   status: string;
-  proxyCpuS: number | null;
+  /** CPU seconds of the process under test: the sink for direct, bare.js, relay.js, the proxy. */
+  cpuS: number | null;
+  /** CPU seconds of the (accepting) next-hop sink during the run, whatever the side. */
+  sinkCpuS: number | null;
   sinkDelta: number;
+  failed: number;
   lastError: string | null;
 }
 
@@ -385,18 +458,22 @@ const median = (xs: readonly number[]): number | null => {
 
 const percentile = (sorted: readonly number[], p: number): number => sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))] ?? NaN;
 
+const delta = (a: number | null, b: number | null): number | null => (a !== null && b !== null ? b - a : null);
+
 // ───────────────────────────────────────────────────────────── main
 
 async function main(): Promise<number> {
   const { values } = parseArgs({
     options: {
       quick: { type: 'boolean', default: false },
+      scale: { type: 'string' },
       json: { type: 'string' },
       reps: { type: 'string' },
       only: { type: 'string' },
       builtin: { type: 'boolean', default: false },
       harness: { type: 'boolean', default: false },
       proxy: { type: 'string' },
+      calibration: { type: 'string' },
       budget: { type: 'string' },
       keep: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
@@ -408,13 +485,27 @@ async function main(): Promise<number> {
     return 0;
   }
   const quick = values.quick;
+  const scaleRaw = Number(values.scale ?? process.env.BENCH_SCALE ?? 1);
+  const scale = Number.isFinite(scaleRaw) && scaleRaw > 0 ? Math.min(10, Math.max(0.001, scaleRaw)) : 1;
   const reps = Math.max(1, Math.min(10, Number(values.reps ?? (quick ? 1 : 3)) || 1));
-  const budgetS = Number(values.budget ?? (quick ? 300 : 1200)) || 1200;
+  const budgetS = Number(values.budget ?? (quick ? 600 : 2400)) || 2400;
   const only = values.only ? new RegExp(values.only) : null;
   const wanted = (name: string) => !only || only.test(name);
   const runTimeoutMs = quick ? 30_000 : 60_000;
   const tStart = Date.now();
   const overBudget = () => (Date.now() - tStart) / 1000 > budgetS;
+  const scaled = (n: number, min = 10) => Math.max(min, Math.round(n * scale));
+
+  const calDir = path.resolve(values.calibration ?? process.env.BENCH_CALIBRATION ?? path.resolve(ROOT, '..', 'shared', 'bench', 'calibration'));
+  const bareJs = path.join(calDir, 'bare.js');
+  const relayJs = path.join(calDir, 'relay.js');
+  for (const f of [bareJs, relayJs, path.join(calDir, 'batv.js')]) {
+    if (!existsSync(f)) throw new Error(`calibration server ${f} not found (--calibration DIR or BENCH_CALIBRATION)`);
+  }
+  // relay.js checks inbound tags with its own minimal BATV (batv.js) and this key
+  const naiveKey = 'bench-secret';
+  const naiveBatv = createRequire(import.meta.url)(path.join(calDir, 'batv.js')) as { sign(key: string, addr: string): string };
+  const naiveValidRcpt = naiveBatv.sign(naiveKey, PLAIN_RCPT);
 
   const smtpSource = values.builtin ? null : findTool('smtp-source');
   const smtpSink = values.builtin ? null : findTool('smtp-sink');
@@ -423,9 +514,10 @@ async function main(): Promise<number> {
   const work = mkdtempSync(path.join(os.tmpdir(), 'batv-bench-'));
   chmodSync(work, 0o755);
   const keysDir = path.join(work, 'keys');
-  // sink, reject sink (sink+1, as run.sh expects), outbound, inbound
-  const [sinkPort, rejectPort, outPort, inPort] = await freePorts(4);
-  if (sinkPort === undefined || rejectPort === undefined || outPort === undefined || inPort === undefined) throw new Error('ports');
+  // sink, reject sink (sink+1, as run.sh expects), proxy outbound/inbound, bare outbound/inbound, naive outbound/inbound
+  const ports = await freePorts(8);
+  const [sinkPort, rejectPort, outPort, inPort, bareOut, bareIn, naiveOut, naiveIn] = ports as [number, number, number, number, number, number, number, number];
+  if (ports.length !== 8) throw new Error('ports');
 
   // keys and a validly tagged recipient, through the project's own code
   const { initKeys, loadKeyring } = await import('../src/keys.js');
@@ -448,7 +540,8 @@ async function main(): Promise<number> {
       limits: { refusedPerClient: 1_000_000, bouncesPerTag: 1_000_000 },
     },
     keys: { dir: keysDir },
-    limits: { maxClients: 1200, maxMessageBytes: 100 * MIB },
+    // every load comes from 127.0.0.1: the per-IP cap (default 20) would refuse the c50 and idle rows
+    limits: { maxClients: 1200, maxClientsPerIp: 1200, maxMessageBytes: 100 * MIB },
     log: { level: 'warn' },
   };
   const configFile = path.join(work, 'config.json');
@@ -458,35 +551,45 @@ async function main(): Promise<number> {
     date: new Date().toISOString(),
     host: { nproc: os.availableParallelism(), cpu: os.cpus()[0]?.model ?? 'unknown', memGiB: Math.round(os.totalmem() / 2 ** 30), kernel: os.release(), loadavgStart: os.loadavg().map((x) => Number(x.toFixed(2))) },
     node: process.version,
-    quick, reps,
+    quick, reps, scale,
     generator: smtpSource ?? 'built-in',
     sink: smtpSink ?? 'built-in',
     proxy: proxyMode,
-    ports: { sink: sinkPort, rejectSink: rejectPort, outbound: outPort, inbound: inPort },
+    calibration: { dir: calDir, bare: bareJs, naive: relayJs, naiveKey },
+    ports: { sink: sinkPort, rejectSink: rejectPort, outbound: outPort, inbound: inPort, bareOutbound: bareOut, bareInbound: bareIn, naiveOutbound: naiveOut, naiveInbound: naiveIn },
   };
   const log = (s: string) => process.stdout.write(`${s}\n`);
   log(`== batv-proxy bench: ${meta.host.nproc} cpus (${meta.host.cpu}), load ${meta.host.loadavgStart.join(' ')}, node ${meta.node}`);
-  log(`   generator ${meta.generator}, sink ${meta.sink}, proxy ${proxyMode}, ${reps} rep(s)${quick ? ', quick' : ''}, work dir ${work}`);
+  log(`   generator ${meta.generator}, sink ${meta.sink}, proxy ${proxyMode}, ${reps} rep(s)${quick ? ', quick' : ''}${scale !== 1 ? `, counts x${scale}` : ''}, work dir ${work}`);
+  log(`   sides: direct (-> sink), bare (${bareJs}), naive (${relayJs} -> sink), proxy (-> sink)`);
 
   let sink: Sink | null = null;
   let rejectSink: Sink | null = null;
   let gen: Generator | null = null;
   let proxy: ProxyProc | null = null;
+  let bare: ProxyProc | null = null;
+  let naive: ProxyProc | null = null;
   const results: Record<string, unknown> = { meta };
   let correctnessOk = true;
   try {
     sink = await startSink(sinkPort, smtpSink, false);
     rejectSink = await startSink(rejectPort, smtpSink, true);
     proxy = await startProxyProcess(configFile, outPort, inPort, proxyMode);
+    bare = await startCalibration('bare', bareJs, bareOut, bareIn, {});
+    naive = await startCalibration('naive', relayJs, naiveOut, naiveIn, { NEXT_HOP: `${HOST}:${sinkPort}`, BATV_KEY: naiveKey });
     gen = await startGenerator(smtpSource);
     let P = proxy;
+    const B = bare;
+    const N = naive;
     const S = sink;
+    const RS = rejectSink;
     const G = gen;
+    Object.assign(meta, { pids: { proxy: P.pid, bare: B.pid, naive: N.pid, sink: S.pid, rejectSink: RS.pid } });
+    const server = (side: Side): ProxyProc | null => (side === 'bare' ? B : side === 'naive' ? N : side === 'proxy' ? P : null);
+    const validRcptOf = (side: Side): string => (side === 'proxy' ? validRcpt : side === 'naive' ? naiveValidRcpt : PLAIN_RCPT);
 
-    // ── preflight: one message out, one forged bounce, one valid bounce (functional, not timed)
+    // ── preflight: per server one message out, one forged bounce, one valid bounce (functional, not timed)
     {
-      const pf: string[] = [];
-      const c = await SmtpConn.open(P.outPort);
       const one = async (conn: SmtpConn, from: string, to: string): Promise<string> => {
         const m = await conn.cmd(`MAIL FROM:<${from}>`);
         if (m.code !== 250) return m.text;
@@ -496,100 +599,163 @@ async function main(): Promise<number> {
         await conn.write(messageChunks(1024, from, to));
         return (await conn.reply()).text;
       };
-      pf.push(`outbound: ${await one(c, SENDER, RCPT)}`);
-      await c.quit();
-      const i = await SmtpConn.open(P.inPort);
-      const forged = await one(i, '', PLAIN_RCPT);
-      const valid = await one(i, '', validRcpt);
-      await i.quit();
-      pf.push(`forged bounce: ${forged}`, `valid bounce: ${valid}`);
-      log(`   preflight: ${pf.join('; ')}`);
-      if (!pf[0]!.includes('250') || !forged.startsWith('550') || !valid.startsWith('250')) {
-        log('   preflight FAILED: the numbers below would not mean anything');
-        correctnessOk = false;
+      for (const side of ['bare', 'naive', 'proxy'] as const) {
+        const srv = server(side)!;
+        const c = await SmtpConn.open(srv.outPort);
+        const outbound = await one(c, SENDER, RCPT);
+        await c.quit();
+        const i = await SmtpConn.open(srv.inPort);
+        const forged = await one(i, '', PLAIN_RCPT);
+        const valid = side === 'bare' ? null : await one(i, '', validRcptOf(side));
+        await i.quit();
+        log(`   preflight ${side}: outbound: ${outbound}; forged bounce: ${forged}${valid === null ? '' : `; valid bounce: ${valid}`}`);
+        if (!outbound.startsWith('250') || !forged.startsWith('550') || (valid !== null && !valid.startsWith('250'))) {
+          log(`   preflight ${side} FAILED: the numbers below would not mean anything`);
+          correctnessOk = false;
+        }
       }
     }
 
-    // ── throughput scenarios: rep-major, direct and proxy back to back
-    const scs = scenarios(quick).filter((s) => wanted(s.name));
+    // ── warm-up, the same for the three servers (code compiled, next-hop sessions pooled)
+    const warmUp = async (srv: ProxyProc): Promise<void> => {
+      await G.run({ port: srv.outPort, sessions: 10, count: scaled(500, 50), size: 4096, reuse: true, from: SENDER, to: RCPT, timeoutMs: 30_000 });
+    };
+    for (const side of ['bare', 'naive', 'proxy'] as const) await warmUp(server(side)!);
+    await new Promise((res) => setTimeout(res, 1000));
+
+    // ── RSS rise while relaying one 50 MiB message: first, while bare, naive and proxy are equally fresh
+    if (wanted('out_big_50m') && !overBudget()) {
+      const size = 50 * MIB;
+      const runs: Array<{ rep: number; side: Side; wallS: number; rssBeforeKb: number | null; rssPeakKb: number | null; riseMiB: number | null; status: string }> = [];
+      for (let rep = 1; rep <= (quick ? 1 : 2); rep++) {
+        for (const side of SIDES) {
+          const srv = server(side);
+          const before = srv ? rssKb(srv.pid) ?? 0 : null;
+          const sampler = srv ? rssSampler(srv.pid) : null;
+          const s0 = await S.count();
+          const r = await G.run({ port: srv ? srv.outPort : sinkPort, sessions: 1, count: 1, size, reuse: true, from: SENDER, to: RCPT, timeoutMs: 120_000 });
+          const peak = sampler ? sampler.stop() : null;
+          await new Promise((res) => setTimeout(res, 150));
+          let delivered = (await S.count()) - s0;
+          if (side === 'bare') delivered = r.timedOut || r.fatal || r.failed > 0 ? 0 : G.countsDelivered ? r.delivered : 1;
+          const status = r.timedOut ? 'timeout' : delivered >= 1 ? 'ok' : `not delivered (${r.lastError ?? ''})`;
+          if (status !== 'ok') correctnessOk = false;
+          const rise = before !== null && peak !== null ? (peak - before) / 1024 : null;
+          runs.push({ rep, side, wallS: r.wallS, rssBeforeKb: before, rssPeakKb: peak, riseMiB: rise, status });
+          log(`   rep ${rep} out_big_50m              ${side.padEnd(6)} ${r.wallS.toFixed(2).padStart(6)}s${before !== null && peak !== null ? `  RSS ${(before / 1024).toFixed(0)} -> ${(peak / 1024).toFixed(0)} MiB` : ''}  ${status}`);
+        }
+      }
+      const maxRise = (side: Side): number | null => {
+        const xs = runs.filter((r) => r.side === side && r.riseMiB !== null).map((r) => r.riseMiB!);
+        return xs.length ? Math.max(...xs) : null;
+      };
+      const riseMiB = { bare: maxRise('bare'), naive: maxRise('naive'), proxy: maxRise('proxy') };
+      const peakMiB = (side: Side): number | null => {
+        const xs = runs.filter((r) => r.side === side && r.rssPeakKb !== null).map((r) => r.rssPeakKb! / 1024);
+        return xs.length ? Math.max(...xs) : null;
+      };
+      results.bigMessage = {
+        sizeMiB: 50, riseMiB, peakMiB: { bare: peakMiB('bare'), naive: peakMiB('naive'), proxy: peakMiB('proxy') },
+        wallS: Object.fromEntries(SIDES.map((s) => [s, median(runs.filter((r) => r.side === s).map((r) => r.wallS))])),
+        target: `proxy rise <= bare rise + ${BIG_MARGIN_MIB} MiB`,
+        pass: riseMiB.proxy !== null && riseMiB.bare !== null ? riseMiB.proxy <= riseMiB.bare + BIG_MARGIN_MIB : null,
+        runs,
+      };
+    }
+
+    // ── throughput scenarios: rep-major; direct, bare, naive and proxy back to back
+    const scs = scenarios(quick, scale).filter((s) => wanted(s.name));
     const records = new Map<string, RunRecord[]>(scs.map((s) => [s.name, []]));
-    const runOne = async (sc: Scenario, side: 'direct' | 'proxy', rep: number): Promise<RunRecord> => {
+    const runOne = async (sc: Scenario, side: Side, rep: number): Promise<RunRecord> => {
       const inbound = sc.kind !== 'out';
       const refusal = sc.kind === 'reject' || sc.kind === 'rejecttag';
-      const port = side === 'proxy' ? (inbound ? P.inPort : P.outPort) : refusal ? rejectPort : sinkPort;
+      const srv = server(side);
+      const port = srv ? (inbound ? srv.inPort : srv.outPort) : refusal ? rejectPort : sinkPort;
       const from = inbound ? '' : SENDER;
-      const to = sc.kind === 'out' ? RCPT : sc.kind === 'bounce' ? (side === 'proxy' ? validRcpt : PLAIN_RCPT) : sc.kind === 'rejecttag' ? FORGED_RCPT : PLAIN_RCPT;
+      const to = sc.kind === 'out' ? RCPT : sc.kind === 'bounce' ? validRcptOf(side) : sc.kind === 'rejecttag' ? FORGED_RCPT : PLAIN_RCPT;
+      // bare.js discards what it accepts: the sink gets nothing, delivered = sent - failures
+      const discards = side === 'bare' && !refusal;
+      const cpuPid = srv ? srv.pid : refusal ? RS.pid : S.pid;
       const s0 = await S.count();
-      const cpu0 = side === 'proxy' ? cpuSeconds(P.pid) : null;
+      const cpu0 = cpuSeconds(cpuPid);
+      const sink0 = cpuSeconds(S.pid);
       const r = await G.run({ port, sessions: sc.sessions, count: sc.count, size: sc.size, reuse: sc.reuse, from, to, timeoutMs: runTimeoutMs });
-      const cpu1 = side === 'proxy' ? cpuSeconds(P.pid) : null;
+      const cpu1 = cpuSeconds(cpuPid);
       await new Promise((res) => setTimeout(res, 150));
       let s1 = await S.count();
-      if (!refusal) {
+      if (!refusal && !discards) {
         const deadline = Date.now() + 3000;
         while (s1 - s0 < sc.count && Date.now() < deadline) {
           await new Promise((res) => setTimeout(res, 50));
           s1 = await S.count();
         }
       }
+      const sink1 = cpuSeconds(S.pid);
       const sinkDelta = s1 - s0;
-      const done = refusal ? r.refused : sinkDelta;
+      let done: number;
+      if (refusal) done = r.refused;
+      else if (!discards) done = sinkDelta;
+      else if (G.countsDelivered) done = r.delivered;
+      else done = r.fatal || r.timedOut ? 0 : Math.max(0, sc.count - r.failed - r.refused); // smtp-source: unknown after a fatal error or a kill
       let status = 'ok';
       if (r.timedOut) status = 'timeout';
-      else if (refusal && side === 'proxy' && sinkDelta > 0) status = 'leaked';
+      else if (refusal && side !== 'direct' && sinkDelta > 0) status = 'leaked';
+      else if (discards && r.fatal) status = 'failed';
       else if (done < sc.count) status = refusal ? 'accepted_some' : 'incomplete';
       if (status !== 'ok' && status !== 'timeout') correctnessOk = false;
       return {
         rep, side, wallS: r.wallS, done, rate: r.wallS > 0 ? done / r.wallS : 0, status,
-        proxyCpuS: cpu0 !== null && cpu1 !== null ? cpu1 - cpu0 : null, sinkDelta, lastError: r.lastError,
+        cpuS: delta(cpu0, cpu1), sinkCpuS: delta(sink0, sink1), sinkDelta, failed: r.failed, lastError: r.lastError,
       };
     };
     for (let rep = 1; rep <= reps; rep++) {
       for (const sc of scs) {
         if (overBudget()) { log(`   budget of ${budgetS}s spent: skipping ${sc.name} rep ${rep}`); continue; }
-        for (const side of ['direct', 'proxy'] as const) {
+        for (const side of sidesOf(sc)) {
           const rec = await runOne(sc, side, rep);
           records.get(sc.name)!.push(rec);
-          log(`   rep ${rep} ${sc.name.padEnd(24)} ${side.padEnd(6)} ${rec.wallS.toFixed(2).padStart(6)}s ${String(rec.done).padStart(6)} done ${rec.rate.toFixed(0).padStart(7)}/s  ${rec.status}${rec.status !== 'ok' && rec.lastError ? ` (${rec.lastError})` : ''}`);
+          const cpuMs = rec.cpuS !== null && rec.done > 0 ? ((1000 * rec.cpuS) / rec.done).toFixed(3) : '-';
+          log(`   rep ${rep} ${sc.name.padEnd(24)} ${side.padEnd(6)} ${rec.wallS.toFixed(2).padStart(6)}s ${String(rec.done).padStart(6)} done ${rec.rate.toFixed(0).padStart(7)}/s ${cpuMs.padStart(7)} cpu ms  ${rec.status}${rec.status !== 'ok' && rec.lastError ? ` (${rec.lastError})` : ''}`);
         }
       }
     }
-    const table: Record<string, unknown> = {};
+    const table: Record<string, ScenarioResult> = {};
     for (const sc of scs) {
       const rs = records.get(sc.name)!;
-      const d = median(rs.filter((r) => r.side === 'direct').map((r) => r.rate));
-      const p = median(rs.filter((r) => r.side === 'proxy').map((r) => r.rate));
-      const cpuMs = median(rs.filter((r) => r.side === 'proxy' && r.proxyCpuS !== null && r.done > 0).map((r) => (1000 * r.proxyCpuS!) / r.done));
-      const ratio = d && p !== null ? p / d : null;
+      if (!rs.length) continue;
+      const sides: Partial<Record<Side, SideResult>> = {};
+      for (const side of sidesOf(sc)) {
+        const mine = rs.filter((r) => r.side === side);
+        sides[side] = {
+          rate: median(mine.map((r) => r.rate)),
+          cpuMsPerUnit: median(mine.filter((r) => r.cpuS !== null && r.done > 0).map((r) => (1000 * r.cpuS!) / r.done)),
+          sinkCpuMsPerUnit: median(mine.filter((r) => r.sinkCpuS !== null && r.done > 0).map((r) => (1000 * r.sinkCpuS!) / r.done)),
+          statuses: [...new Set(mine.map((r) => r.status))],
+        };
+      }
+      const ratio = (against: Side, metric: 'rate' | 'cpuMsPerUnit'): number | null => {
+        const p = sides.proxy?.[metric];
+        const a = sides[against]?.[metric];
+        return p != null && a != null && a > 0 ? p / a : null;
+      };
       table[sc.name] = {
         kind: sc.kind, unit: sc.unit, size: sc.size, sessions: sc.sessions, count: sc.count, reuse: sc.reuse,
-        directRate: d, proxyRate: p, ratio, target: sc.target,
-        pass: sc.target === null || ratio === null ? null : ratio >= sc.target,
-        proxyCpuMsPerMsg: cpuMs,
-        statuses: [...new Set(rs.map((r) => `${r.side}:${r.status}`))],
+        sides,
+        rateRatio: { direct: ratio('direct', 'rate'), bare: ratio('bare', 'rate'), naive: ratio('naive', 'rate') },
+        cpuRatio: { bare: ratio('bare', 'cpuMsPerUnit'), naive: ratio('naive', 'cpuMsPerUnit') },
         runs: rs,
-      };
-    }
-    // connection-per-message CPU against a reused session's message (same size and concurrency)
-    const nc = table.out_4k_c50_newconn as { proxyCpuMsPerMsg: number | null } | undefined;
-    const re = table.out_4k_c50 as { proxyCpuMsPerMsg: number | null } | undefined;
-    if (nc?.proxyCpuMsPerMsg != null && re?.proxyCpuMsPerMsg != null) {
-      const overhead = nc.proxyCpuMsPerMsg - re.proxyCpuMsPerMsg;
-      table.newconn_cpu = {
-        cpuMsPerConnection: nc.proxyCpuMsPerMsg, cpuMsPerReusedMessage: re.proxyCpuMsPerMsg,
-        connectionOverheadMs: overhead, pass: overhead <= re.proxyCpuMsPerMsg,
       };
     }
     results.throughput = table;
 
-    // ── added latency per transaction: one session each, single 4 KiB transactions, blocks alternated
+    // ── latency per transaction: one session to each side, single 4 KiB transactions, blocks rotated
     if (wanted('latency') && !overBudget()) {
-      const n = quick ? 300 : 1500;
+      const n = scaled(quick ? 300 : 1500, 100);
       const block = 50;
       const body = messageChunks(4096, SENDER, RCPT);
-      const direct = await SmtpConn.open(sinkPort);
-      const via = await SmtpConn.open(P.outPort);
-      const samples = { direct: [] as number[], proxy: [] as number[] };
+      const conns = new Map<Side, SmtpConn>();
+      for (const side of SIDES) conns.set(side, await SmtpConn.open(server(side)?.outPort ?? sinkPort));
+      const samples = new Map<Side, number[]>(SIDES.map((s) => [s, []]));
       const txn = async (c: SmtpConn): Promise<number> => {
         const t0 = performance.now();
         const m = await c.cmd(`MAIL FROM:<${SENDER}>`);
@@ -601,60 +767,61 @@ async function main(): Promise<number> {
         if (e.code !== 250) throw new Error(`latency transaction refused: ${e.text}`);
         return performance.now() - t0;
       };
-      for (let i = 0; i < 50; i++) { await txn(direct); await txn(via); } // warm-up
-      const deadline = Date.now() + (quick ? 30_000 : 90_000);
-      while (samples.proxy.length < n && Date.now() < deadline) {
-        for (let i = 0; i < block; i++) samples.direct.push(await txn(direct));
-        for (let i = 0; i < block; i++) samples.proxy.push(await txn(via));
+      for (let i = 0; i < 50; i++) for (const side of SIDES) await txn(conns.get(side)!); // warm-up
+      const deadline = Date.now() + (quick ? 30_000 : 120_000);
+      while (samples.get('proxy')!.length < n && Date.now() < deadline) {
+        for (const side of SIDES) for (let i = 0; i < block; i++) samples.get(side)!.push(await txn(conns.get(side)!));
       }
-      await direct.quit();
-      await via.quit();
-      const d = [...samples.direct].sort((a, b) => a - b);
-      const p = [...samples.proxy].sort((a, b) => a - b);
+      for (const c of conns.values()) await c.quit();
+      const pct = Object.fromEntries(SIDES.map((side) => {
+        const xs = [...samples.get(side)!].sort((a, b) => a - b);
+        return [side, { p50: percentile(xs, 50), p99: percentile(xs, 99) }];
+      })) as Record<Side, { p50: number; p99: number }>;
+      const addedP99VsBare = pct.proxy.p99 - pct.bare.p99;
       results.latency = {
-        transactions: p.length, size: 4096,
-        directMs: { p50: percentile(d, 50), p99: percentile(d, 99) },
-        proxyMs: { p50: percentile(p, 50), p99: percentile(p, 99) },
-        addedMs: { p50: percentile(p, 50) - percentile(d, 50), p99: percentile(p, 99) - percentile(d, 99) },
+        transactions: samples.get('proxy')!.length, size: 4096, ms: pct,
+        addedMs: {
+          vsDirect: { p50: pct.proxy.p50 - pct.direct.p50, p99: pct.proxy.p99 - pct.direct.p99 },
+          vsBare: { p50: pct.proxy.p50 - pct.bare.p50, p99: addedP99VsBare },
+        },
+        target: `proxy p99 - bare p99 < ${LATENCY_P99_ADDED_MS} ms`,
+        pass: Number.isFinite(addedP99VsBare) ? addedP99VsBare < LATENCY_P99_ADDED_MS : null,
       };
     }
 
-    // RSS depends on what the heap went through before; the memory rows each get a fresh proxy,
-    // warmed up with a few hundred small messages (code compiled, next-hop sessions pooled).
-    const freshProxy = async (): Promise<ProxyProc> => {
-      await P.stop();
-      proxy = await startProxyProcess(configFile, outPort, inPort, proxyMode);
-      await G.run({ port: proxy.outPort, sessions: 10, count: 500, size: 4096, reuse: true, from: SENDER, to: RCPT, timeoutMs: 30_000 });
-      await new Promise((res) => setTimeout(res, 1000));
-      return proxy;
-    };
-
-    // ── peak RSS while relaying one 50 MiB message
-    if (wanted('out_big_50m') && !overBudget()) {
-      P = await freshProxy();
-      const size = 50 * MIB;
-      const runs: unknown[] = [];
-      for (let rep = 1; rep <= (quick ? 1 : 2); rep++) {
-        const d = await G.run({ port: sinkPort, sessions: 1, count: 1, size, reuse: true, from: SENDER, to: RCPT, timeoutMs: 120_000 });
-        const before = rssKb(P.pid) ?? 0;
-        const sampler = rssSampler(P.pid);
-        const s0 = await S.count();
-        const r = await G.run({ port: P.outPort, sessions: 1, count: 1, size, reuse: true, from: SENDER, to: RCPT, timeoutMs: 120_000 });
-        const peak = sampler.stop();
-        await new Promise((res) => setTimeout(res, 150));
-        const delivered = (await S.count()) - s0;
-        if (delivered < 1) correctnessOk = false;
-        runs.push({ rep, directS: d.wallS, proxyS: r.wallS, rssBeforeKb: before, rssPeakKb: peak, riseMiB: (peak - before) / 1024, status: delivered >= 1 ? 'ok' : `not delivered (${r.lastError ?? ''})` });
-        log(`   rep ${rep} out_big_50m             direct ${d.wallS.toFixed(2)}s proxy ${r.wallS.toFixed(2)}s  RSS ${(before / 1024).toFixed(0)} -> ${(peak / 1024).toFixed(0)} MiB  ${delivered >= 1 ? 'ok' : 'NOT DELIVERED'}`);
-      }
-      const rises = runs.map((r) => (r as { riseMiB: number }).riseMiB);
-      results.bigMessage = { sizeMiB: 50, maxRiseMiB: Math.max(...rises), target: 30, pass: Math.max(...rises) < 30, runs };
+    // ── the targets, on the medians above
+    const checks: Array<{ target: string; measured: string; ratio: number | null; pass: boolean | null }> = [];
+    for (const c of CHECKS) {
+      const t = table[c.scenario];
+      const ratio = !t ? null : c.metric === 'rate' ? t.rateRatio[c.against as 'direct' | 'bare' | 'naive'] ?? null : t.cpuRatio[c.against as 'bare' | 'naive'] ?? null;
+      checks.push({
+        target: `${c.scenario}: ${c.text}`, ratio,
+        measured: ratio === null ? 'not measured' : `${ratio.toFixed(2)} x`,
+        pass: ratio === null ? null : c.op === '>=' ? ratio >= c.factor : ratio <= c.factor,
+      });
     }
+    const big = results.bigMessage as { riseMiB: Record<string, number | null>; pass: boolean | null } | undefined;
+    checks.push({
+      target: `out_big_50m: proxy RSS rise <= bare RSS rise + ${BIG_MARGIN_MIB} MiB`, ratio: null,
+      measured: big?.riseMiB.proxy != null && big.riseMiB.bare != null ? `${big.riseMiB.proxy.toFixed(1)} vs ${big.riseMiB.bare.toFixed(1)} MiB` : 'not measured',
+      pass: big?.pass ?? null,
+    });
+    const lat = results.latency as { addedMs: { vsBare: { p99: number } }; pass: boolean | null } | undefined;
+    checks.push({
+      target: `latency: proxy p99 added vs bare < ${LATENCY_P99_ADDED_MS} ms`, ratio: null,
+      measured: lat ? `${lat.addedMs.vsBare.p99.toFixed(3)} ms` : 'not measured',
+      pass: lat?.pass ?? null,
+    });
+    results.checks = checks;
 
-    // ── RSS with 1,000 idle connections (greeted, EHLO said, then silent)
+    // ── RSS with 1,000 idle connections (greeted, EHLO said, then silent), on a fresh, warmed-up proxy
     if (wanted('idle') && !overBudget()) {
       const want = 1000;
-      P = await freshProxy();
+      await P.stop();
+      proxy = await startProxyProcess(configFile, outPort, inPort, proxyMode);
+      P = proxy;
+      await warmUp(P);
+      await new Promise((res) => setTimeout(res, 1000));
       const before = rssKb(P.pid) ?? 0;
       const conns: SmtpConn[] = [];
       let failed = 0;
@@ -680,7 +847,7 @@ async function main(): Promise<number> {
       if (!existsSync(harness) || !findTool('smtp-source')) log(`   --harness: ${harness} or smtp-source not found; skipped`);
       else {
         await S.stop();
-        await rejectSink.stop();
+        await RS.stop();
         sink = null;
         rejectSink = null;
         const limitJson = path.join(work, 'harness-limit.json');
@@ -699,12 +866,15 @@ async function main(): Promise<number> {
   } finally {
     await gen?.stop();
     await proxy?.stop();
+    await naive?.stop();
+    await bare?.stop();
     await sink?.stop();
     await rejectSink?.stop();
     if (!values.keep) rmSync(work, { recursive: true, force: true });
   }
 
-  (results.meta as { loadavgEnd?: number[] }).loadavgEnd = os.loadavg().map((x) => Number(x.toFixed(2)));
+  (results.meta as { loadavgEnd?: number[]; elapsedS?: number }).loadavgEnd = os.loadavg().map((x) => Number(x.toFixed(2)));
+  (results.meta as { elapsedS?: number }).elapsedS = Math.round((Date.now() - tStart) / 1000);
   printReport(results);
   if (values.json) {
     writeFileSync(values.json, `${JSON.stringify(results, null, 2)}\n`);
@@ -713,33 +883,54 @@ async function main(): Promise<number> {
   return correctnessOk ? 0 : 1;
 }
 
+interface SideResult {
+  rate: number | null;
+  cpuMsPerUnit: number | null;
+  sinkCpuMsPerUnit: number | null;
+  statuses: string[];
+}
+
+interface ScenarioResult {
+  kind: Kind;
+  unit: string;
+  size: number;
+  sessions: number;
+  count: number;
+  reuse: boolean;
+  sides: Partial<Record<Side, SideResult>>;
+  rateRatio: { direct: number | null; bare: number | null; naive: number | null };
+  cpuRatio: { bare: number | null; naive: number | null };
+  runs: RunRecord[];
+}
+
 function printReport(results: Record<string, unknown>): void {
   const f = (x: number | null | undefined, d = 0) => (x === null || x === undefined || !Number.isFinite(x) ? '-' : x.toFixed(d));
   const out: string[] = [''];
-  const t = results.throughput as Record<string, Record<string, unknown>> | undefined;
-  if (t) {
-    out.push(`${'scenario'.padEnd(24)} ${'unit'.padEnd(10)} ${'direct/s'.padStart(9)} ${'proxy/s'.padStart(9)} ${'ratio'.padStart(6)} ${'target'.padStart(7)} ${'cpu ms/msg'.padStart(10)}  verdict  runs`);
+  const t = results.throughput as Record<string, ScenarioResult> | undefined;
+  if (t && Object.keys(t).length) {
+    out.push(`${''.padEnd(24)} ${''.padEnd(10)} ${'rate /s'.padEnd(35)} ${'CPU ms per msg/refusal/conn'.padEnd(31)} proxy rate vs    proxy CPU vs`);
+    out.push(`${'scenario'.padEnd(24)} ${'unit'.padEnd(10)} ${SIDES.map((s) => s.padStart(8)).join('')}   ${['sink', 'bare', 'naive', 'proxy'].map((s) => s.padStart(7)).join('')}   ${['direct', 'bare', 'naive'].map((s) => s.padStart(6)).join('')}  ${['bare', 'naive'].map((s) => s.padStart(6)).join('')}  runs`);
     for (const [name, s] of Object.entries(t)) {
-      if (name === 'newconn_cpu') continue;
-      const target = s.target as number | null;
-      const pass = s.pass as boolean | null;
-      out.push(`${name.padEnd(24)} ${String(s.unit).padEnd(10)} ${f(s.directRate as number).padStart(9)} ${f(s.proxyRate as number).padStart(9)} ${f(s.ratio as number, 3).padStart(6)} ${(target === null ? '-' : `>=${target.toFixed(2)}`).padStart(7)} ${f(s.proxyCpuMsPerMsg as number, 3).padStart(10)}  ${(pass === null ? '-' : pass ? 'PASS' : 'FAIL').padEnd(7)}  ${(s.statuses as string[]).filter((x) => !x.endsWith(':ok')).join(',') || 'ok'}`);
+      const bad = SIDES.flatMap((side) => (s.sides[side]?.statuses ?? []).filter((x) => x !== 'ok').map((x) => `${side}:${x}`));
+      out.push(`${name.padEnd(24)} ${s.unit.padEnd(10)} ${SIDES.map((side) => f(s.sides[side]?.rate).padStart(8)).join('')}   ${SIDES.map((side) => f(s.sides[side]?.cpuMsPerUnit, 3).padStart(7)).join('')}   ${[s.rateRatio.direct, s.rateRatio.bare, s.rateRatio.naive].map((x) => f(x, 2).padStart(6)).join('')}  ${[s.cpuRatio.bare, s.cpuRatio.naive].map((x) => f(x, 2).padStart(6)).join('')}  ${bad.join(',') || 'ok'}`);
     }
-    const nc = t.newconn_cpu as Record<string, number | boolean> | undefined;
-    if (nc) {
-      out.push(`connection per message: proxy CPU ${f(nc.cpuMsPerConnection as number, 3)} ms/connection vs ${f(nc.cpuMsPerReusedMessage as number, 3)} ms per reused-session message (overhead ${f(nc.connectionOverheadMs as number, 3)} ms): ${nc.pass ? 'PASS' : 'FAIL'} (target: overhead <= a reused message)`);
-    }
+    out.push('(the CPU of the direct side is the sink\'s; newconn rows are per connection)');
   }
-  const lat = results.latency as { transactions: number; directMs: Record<string, number>; proxyMs: Record<string, number>; addedMs: Record<string, number> } | undefined;
+  const lat = results.latency as { transactions: number; ms: Record<Side, { p50: number; p99: number }>; addedMs: { vsDirect: { p50: number; p99: number }; vsBare: { p50: number; p99: number } } } | undefined;
   if (lat) {
-    out.push(`latency, 4 KiB, one session, ${lat.transactions} transactions each: direct p50 ${f(lat.directMs.p50, 3)} / p99 ${f(lat.directMs.p99, 3)} ms; proxy p50 ${f(lat.proxyMs.p50, 3)} / p99 ${f(lat.proxyMs.p99, 3)} ms; added p50 ${f(lat.addedMs.p50, 3)} / p99 ${f(lat.addedMs.p99, 3)} ms`);
+    out.push(`latency, 4 KiB, one session each, ${lat.transactions} transactions per side, p50/p99 ms: ${SIDES.map((s) => `${s} ${f(lat.ms[s].p50, 3)}/${f(lat.ms[s].p99, 3)}`).join('; ')}; proxy added vs bare ${f(lat.addedMs.vsBare.p50, 3)}/${f(lat.addedMs.vsBare.p99, 3)}, vs direct ${f(lat.addedMs.vsDirect.p50, 3)}/${f(lat.addedMs.vsDirect.p99, 3)}`);
   }
-  const big = results.bigMessage as { maxRiseMiB: number; pass: boolean; runs: Array<{ rssPeakKb: number }> } | undefined;
-  if (big) out.push(`50 MiB message: peak RSS ${f(Math.max(...big.runs.map((r) => r.rssPeakKb)) / 1024)} MiB, rise ${f(big.maxRiseMiB, 1)} MiB: ${big.pass ? 'PASS' : 'FAIL'} (target < 30 MiB)`);
+  const big = results.bigMessage as { riseMiB: Record<string, number | null>; peakMiB: Record<string, number | null> } | undefined;
+  if (big) out.push(`50 MiB message, RSS rise (peak) MiB: ${(['bare', 'naive', 'proxy'] as const).map((s) => `${s} ${f(big.riseMiB[s], 1)} (${f(big.peakMiB[s])})`).join('; ')}`);
   const idle = results.idle as { connections: number; rssKb: number; riseMiB: number; kibPerConnection: number | null } | undefined;
-  if (idle) out.push(`${idle.connections} idle connections: RSS ${f(idle.rssKb / 1024)} MiB, rise ${f(idle.riseMiB, 1)} MiB (${f(idle.kibPerConnection, 1)} KiB per connection)`);
-  const meta = results.meta as { host: { loadavgStart: number[] }; loadavgEnd?: number[] };
-  out.push(`(load average at start ${meta.host.loadavgStart.join(' ')}, at end ${meta.loadavgEnd?.join(' ') ?? '-'}; ratios are medians of interleaved runs)`);
+  if (idle) out.push(`${idle.connections} idle connections: proxy RSS ${f(idle.rssKb / 1024)} MiB, rise ${f(idle.riseMiB, 1)} MiB (${f(idle.kibPerConnection, 1)} KiB per connection)`);
+  const checks = results.checks as Array<{ target: string; measured: string; pass: boolean | null }> | undefined;
+  if (checks) {
+    out.push('', `${'target'.padEnd(62)} ${'measured'.padEnd(22)} verdict`);
+    for (const c of checks) out.push(`${c.target.padEnd(62)} ${c.measured.padEnd(22)} ${c.pass === null ? '-' : c.pass ? 'PASS' : 'FAIL'}`);
+  }
+  const meta = results.meta as { host: { loadavgStart: number[] }; loadavgEnd?: number[]; elapsedS?: number };
+  out.push(`(load average at start ${meta.host.loadavgStart.join(' ')}, at end ${meta.loadavgEnd?.join(' ') ?? '-'}; ${meta.elapsedS ?? '-'} s; rates and CPU are medians of interleaved runs)`);
   process.stdout.write(`${out.join('\n')}\n`);
 }
 
@@ -756,7 +947,13 @@ if (roleAt >= 0) {
   const bail = (sig: string) => {
     process.stderr.write(`bench: ${sig}, stopping what it started\n`);
     killAllNow();
-    process.exit(130);
+    // reap them (so that none is left a zombie), but exit within 2 s whatever happens
+    const deadline = Date.now() + 2000;
+    const wait = (): void => {
+      if (started.size === 0 || Date.now() > deadline) process.exit(130);
+      else setTimeout(wait, 20);
+    };
+    wait();
   };
   process.once('SIGINT', () => bail('interrupted'));
   process.once('SIGTERM', () => bail('terminated'));
