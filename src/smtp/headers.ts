@@ -144,6 +144,8 @@ export class HeaderRewriter extends Transform {
     }
     // `found` is counted from the start of probe, which begins tail.length bytes before this chunk.
     const end = before - this.tail.length + found;
+    // The same limit whether the empty line came in this chunk or a later one (however TCP cut it).
+    if (end > this.maxHeaderBytes) return cb(transportReplies.headerTooLarge());
     const all = Buffer.concat(this.pending, this.pendingBytes);
     this.emitHeader(all.subarray(0, end));
     this.inHeader = false;

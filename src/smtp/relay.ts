@@ -103,6 +103,11 @@ export class RelayLink {
   private session: NextHopSession | null = null;
   private hop: HopAddress | null = null;
   private inTransaction = false;
+  /**
+   * The last DATA ended in a refusal: if it was DATA itself that was refused (no 354), the next hop's
+   * transaction is still open, so the session gets an RSET before its next MAIL or before it is pooled.
+   */
+  private needsReset = false;
   private sendingData = false;
 
   constructor(private readonly pool: NextHopPool) {}
@@ -119,7 +124,8 @@ export class RelayLink {
    */
   async begin(hop: HopAddress, mail: string | ((extensions: ReadonlyMap<string, string>) => string)): Promise<Reply> {
     if (this.session && (this.session.closed || this.hop?.url !== hop.url)) this.release();
-    if (this.session && this.inTransaction) {
+    if (this.session && (this.inTransaction || this.needsReset)) {
+      this.needsReset = false;
       try {
         await this.session.rset();
       } catch {
@@ -174,6 +180,7 @@ export class RelayLink {
     try {
       const reply = await s.data(body, beforeEnd);
       this.inTransaction = false;
+      this.needsReset = reply.code >= 400;
       return reply;
     } catch (e) {
       this.abort();
@@ -191,11 +198,12 @@ export class RelayLink {
       this.abort();
       return;
     }
-    if (this.inTransaction) {
+    if (this.inTransaction || this.needsReset) {
       // MAIL/RCPT may have been accepted, but no DATA was completed: RSET and keep the session warm.
       const { session, hop } = this;
       this.session = null;
       this.inTransaction = false;
+      this.needsReset = false;
       session.rset().then(
         (r) => (r.code === 250 && hop ? this.pool.release(hop, session) : session.abort()),
         () => session.abort(),
@@ -210,13 +218,15 @@ export class RelayLink {
     this.session?.abort();
     this.session = null;
     this.inTransaction = false;
+    this.needsReset = false;
   }
 
   private release(): void {
-    if (this.session && this.hop && !this.inTransaction) this.pool.release(this.hop, this.session);
+    if (this.session && this.hop && !this.inTransaction && !this.needsReset) this.pool.release(this.hop, this.session);
     else this.session?.abort();
     this.session = null;
     this.inTransaction = false;
+    this.needsReset = false;
   }
 
   private requireSession(): NextHopSession {

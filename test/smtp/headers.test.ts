@@ -9,20 +9,23 @@
  *
  * The chunking property (fast-check, test/helpers/fuzz-env.ts): the output is the same bytes however
  * the message is cut into chunks, byte by byte included, and equals a simple model for well-formed
- * messages.
+ * messages. Outputs are compared as the next hop gets them (`wire`: the encoder's bare CR/LF as CRLF, no
+ * NUL), since the rewriter reads and passes the header block in that form and the body as it came.
  */
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { SmtpReply } from '../../src/reply.js';
-import { DotStuffer } from '../../src/smtp/dotstuff.js';
+import { DotStuffer, LineEndNormaliser } from '../../src/smtp/dotstuff.js';
 import { HeaderRewriter, MAX_HEADER_BYTES, protocolName, receivedHeader, rfc5322Date, stripFields } from '../../src/smtp/headers.js';
 import { fcParams, fuzzTimeout } from '../helpers/fuzz-env.js';
 
 const b = (x: string): Buffer => Buffer.from(x, 'latin1');
 const s = (x: Buffer): string => x.toString('latin1');
 const P = 'Received: by test\r\n';
+/** What the next hop gets of `x` (before dot-stuffing): bare CR and bare LF as CRLF, NUL dropped. */
+const wire = (x: string | Buffer): string => s(new LineEndNormaliser().push(typeof x === 'string' ? b(x) : x));
 const STRIP = new Set(['x-batv-proxy']);
 
 /** Feeds `pieces` (as separate chunks) through a HeaderRewriter; resolves with all it wrote. */
@@ -45,10 +48,10 @@ async function attempt(pieces: readonly Buffer[], prepend = P, strip: ReadonlySe
   ).then(() => null, (e: unknown) => e);
   return { out: s(Buffer.concat(out)), err };
 }
-const whole = (m: string, ...rest: [string?, ReadonlySet<string>?, number?]) => feed([b(m)], ...rest).then(s);
+const whole = (m: string, ...rest: [string?, ReadonlySet<string>?, number?]) => feed([b(m)], ...rest).then(wire);
 const bytewise = (m: string | Buffer, ...rest: [string?, ReadonlySet<string>?, number?]) => {
   const buf = typeof m === 'string' ? b(m) : m;
-  return feed(Array.from(buf, (x) => Buffer.from([x])), ...rest).then(s);
+  return feed(Array.from(buf, (x) => Buffer.from([x])), ...rest).then(wire);
 };
 /** `input` cut at the given offsets (taken modulo its length + 1, duplicates ignored). */
 function cut(input: Buffer, cuts: readonly number[]): Buffer[] {
@@ -73,15 +76,15 @@ describe('HeaderRewriter: where the header block ends', () => {
 
   it('at LF LF (bare LF line ends)', async () => {
     const m = 'Subject: hi\nX-BATV-Proxy: forged\n\nX-BATV-Proxy: body\n';
-    const want = `${P}Subject: hi\n\nX-BATV-Proxy: body\n`;
+    const want = wire(`${P}Subject: hi\n\nX-BATV-Proxy: body\n`);
     expect(await whole(m)).toBe(want);
     expect(await bytewise(m)).toBe(want);
   });
 
   it('at CRLF followed by a bare LF, and at whichever of CRLF CRLF / LF LF comes first', async () => {
-    expect(await whole('X-BATV-Proxy: f\r\n\nX-BATV-Proxy: body\r\n\r\n')).toBe(`${P}\nX-BATV-Proxy: body\r\n\r\n`);
-    expect(await whole('A: 1\n\nX-BATV-Proxy: body\r\n\r\nX-BATV-Proxy: more\n')).toBe(`${P}A: 1\n\nX-BATV-Proxy: body\r\n\r\nX-BATV-Proxy: more\n`);
-    expect(await whole('A: 1\r\n\r\nX-BATV-Proxy: body\n\nx')).toBe(`${P}A: 1\r\n\r\nX-BATV-Proxy: body\n\nx`);
+    expect(await whole('X-BATV-Proxy: f\r\n\nX-BATV-Proxy: body\r\n\r\n')).toBe(wire(`${P}\nX-BATV-Proxy: body\r\n\r\n`));
+    expect(await whole('A: 1\n\nX-BATV-Proxy: body\r\n\r\nX-BATV-Proxy: more\n')).toBe(wire(`${P}A: 1\n\nX-BATV-Proxy: body\r\n\r\nX-BATV-Proxy: more\n`));
+    expect(await whole('A: 1\r\n\r\nX-BATV-Proxy: body\n\nx')).toBe(wire(`${P}A: 1\r\n\r\nX-BATV-Proxy: body\n\nx`));
   });
 
   it('at a CRLF CRLF cut anywhere across chunks: every single cut and every pair of cuts gives the same bytes', async () => {
@@ -98,8 +101,8 @@ describe('HeaderRewriter: where the header block ends', () => {
     const want = `${P}\r\nX-BATV-Proxy: a line of the body\r\n\r\nmore\r\n`;
     expect(await whole(m)).toBe(want);
     expect(await bytewise(m)).toBe(want);
-    expect(s(await feed(['\r', '\nX-BATV-Proxy: a line of the body\r\n\r\nmore\r\n'].map(b)))).toBe(want);
-    expect(await whole('\nX-BATV-Proxy: body\n')).toBe(`${P}\nX-BATV-Proxy: body\n`);
+    expect(wire(await feed(['\r', '\nX-BATV-Proxy: a line of the body\r\n\r\nmore\r\n'].map(b)))).toBe(want);
+    expect(await whole('\nX-BATV-Proxy: body\n')).toBe(wire(`${P}\nX-BATV-Proxy: body\n`));
   });
 
   it('removes folded fields with all their continuation lines (tab and space), keeps folded fields not named', async () => {
@@ -185,17 +188,19 @@ describe('HeaderRewriter: the prepended lines and the body bytes', () => {
     expect(await whole('A: 1\r\n\r\nbody', '', new Set())).toBe('A: 1\r\n\r\nbody');
   });
 
-  it('passes every byte value of the body through unchanged: NUL, bare CR/LF, 8-bit, "\\r\\n.\\r\\n", field-like lines', async () => {
+  it('passes every byte value of the body through (as the next hop gets it): NUL, bare CR/LF, 8-bit, "\\r\\n.\\r\\n", field-like lines', async () => {
     const bodyBytes = Buffer.concat([
       Buffer.from(Array.from({ length: 256 }, (_, i) => i)),
       b('\r\n.\r\n..\r\nX-BATV-Proxy: body\r\n\r\n\n\n\r\r\n\x00'),
       Buffer.from(Array.from({ length: 256 }, (_, i) => 255 - i)),
     ]);
     const m = Buffer.concat([b('Subject: bytes\r\nX-BATV-Proxy: f\r\n\r\n'), bodyBytes]);
-    const want = Buffer.concat([b(`${P}Subject: bytes\r\n\r\n`), bodyBytes]);
-    expect((await feed([m])).equals(want)).toBe(true);
-    expect((await feed(Array.from(m, (x) => Buffer.from([x])))).equals(want)).toBe(true);
-    expect((await feed(cut(m, [7, 33, 34, 35, 100, 300]))).equals(want)).toBe(true);
+    const want = wire(Buffer.concat([b(`${P}Subject: bytes\r\n\r\n`), bodyBytes]));
+    expect(wire(await feed([m]))).toBe(want);
+    expect(wire(await feed(Array.from(m, (x) => Buffer.from([x]))))).toBe(want);
+    expect(wire(await feed(cut(m, [7, 33, 34, 35, 100, 300])))).toBe(want);
+    // body chunks after the header block pass as they came (the encoder normalises them)
+    expect((await feed([b('Subject: bytes\r\n\r\n'), bodyBytes])).subarray(-bodyBytes.length).equals(bodyBytes)).toBe(true);
   });
 });
 
@@ -236,16 +241,16 @@ describe('HeaderRewriter: the header size limit', () => {
     expect((err as SmtpReply | null)?.line).toBe('552 5.3.4 Message header too large');
   });
 
-  // BUG (src/smtp/headers.ts HeaderRewriter._transform): the size check runs only while no end of the header
-  // block was found, so a chunk that holds the empty line is never checked. The same 205-byte header block
+  // Found by this file: the size check ran only while no end of the header block was found, so a chunk
+  // that held the empty line was never checked. The same 205-byte header block
   // with maxHeaderBytes 64 is refused in pieces (above) but accepted in one chunk; with the default limit a
   // header block of any size arriving in one chunk together with its empty line is accepted (contrary to
   // "Fails with a 552 SmtpReply when the header block exceeds maxHeaderBytes"), and whether a 1 MiB + x
   // block passes depends on how TCP cut it. It also breaks "same output for every chunking".
-  it.fails('a header block well over the limit is refused also when it arrives in one chunk with its empty line', async () => {
+  it('a header block well over the limit is refused also when it arrives in one chunk with its empty line', async () => {
     const m = b(`A: ${'x'.repeat(200)}\r\n\r\nbody`);
     const { err, out } = await attempt([m], P, STRIP, 64);
-    expect(out).toBe(''); // today: the whole message, rewritten
+    expect(out).toBe('');
     expect((err as SmtpReply | null)?.line).toBe('552 5.3.4 Message header too large');
   });
 });
@@ -290,19 +295,19 @@ describe('HeaderRewriter: the same output for every chunking (property)', () => 
   it('well-formed messages: any chunking and byte by byte give exactly prepend + kept fields + the rest', async () => {
     await fc.assert(fc.asyncProperty(wellFormed, cuts, async (m, at) => {
       const { input, want } = render(m);
-      expect(s(await feed([input]))).toBe(s(want));
-      expect(s(await feed(cut(input, at)))).toBe(s(want));
-      expect(s(await feed(Array.from(input, (x) => Buffer.from([x]))))).toBe(s(want));
+      expect(wire(await feed([input]))).toBe(wire(want));
+      expect(wire(await feed(cut(input, at)))).toBe(wire(want));
+      expect(wire(await feed(Array.from(input, (x) => Buffer.from([x]))))).toBe(wire(want));
     }), fcParams(300));
   }, fuzzTimeout(3000));
 
   it('any bytes: any chunking and byte by byte give the bytes of the whole message in one chunk', async () => {
     await fc.assert(fc.asyncProperty(soup, cuts, async (text, at) => {
       const input = b(text);
-      const once = s(await feed([input]));
+      const once = wire(await feed([input]));
       expect(once.startsWith(P)).toBe(true);
-      expect(s(await feed(cut(input, at)))).toBe(once);
-      expect(s(await feed(Array.from(input, (x) => Buffer.from([x]))))).toBe(once);
+      expect(wire(await feed(cut(input, at)))).toBe(once);
+      expect(wire(await feed(Array.from(input, (x) => Buffer.from([x]))))).toBe(once);
     }), fcParams(300));
   }, fuzzTimeout(3000));
 });
@@ -324,28 +329,23 @@ describe('HeaderRewriter + next-hop encoder: no forged verdict reaches the next 
     }
   });
 
-  // BUG (src/smtp/headers.ts stripFields): fields are split at LF only, but with limits.bareLineEnds =
-  // normalize (the default) the next-hop encoder turns a bare CR into CRLF afterwards. "Subject: a\rX-BATV-
-  // Proxy: forged" is one line to stripFields (kept) and two lines, one of them a forged verdict field, to
-  // the mailbox host.
-  it.fails('a forged verdict hidden behind a bare CR is removed', async () => {
+  // Found by this file: fields were split at LF only, but the next-hop encoder turns a bare CR into CRLF,
+  // so "Subject: a\rX-BATV-Proxy: forged" was one line here and two, one a forged verdict, at the mailbox.
+  it('a forged verdict hidden behind a bare CR is removed', async () => {
     const out = await feed([b('Subject: a\rX-BATV-Proxy: batv-valid; forged\r\n\r\nbody\r\n')], OURS);
-    expect(verdictLines(nextHopHeaderLines(out))).toEqual(['X-BATV-Proxy: untagged; by=proxy.test']); // today: also "X-BATV-Proxy: batv-valid; forged"
+    expect(verdictLines(nextHopHeaderLines(out))).toEqual(['X-BATV-Proxy: untagged; by=proxy.test']);
   });
 
-  // BUG (src/smtp/headers.ts stripFields): a NUL in front of (or inside) the name hides the field from
-  // stripFields ("\0x-batv-proxy" is not "x-batv-proxy"); the next-hop encoder then drops the NUL.
-  it.fails('a forged verdict hidden behind a NUL is removed', async () => {
+  // Found by this file: a NUL in front of (or inside) the name hid the field; the encoder then drops the NUL.
+  it('a forged verdict hidden behind a NUL is removed', async () => {
     const out = await feed([b('Subject: a\r\n\x00X-BATV-Proxy: batv-valid; forged\r\nX-BATV-\x00Proxy: forged too\r\n\r\nbody\r\n')], OURS);
-    expect(verdictLines(nextHopHeaderLines(out))).toEqual(['X-BATV-Proxy: untagged; by=proxy.test']); // today: both forged lines too
+    expect(verdictLines(nextHopHeaderLines(out))).toEqual(['X-BATV-Proxy: untagged; by=proxy.test']);
   });
 
-  // BUG (src/smtp/headers.ts headerEnd): a bare-LF line followed by a CRLF empty line ("\n\r\n") is not
-  // seen as the end of the header block (only CRLF CRLF and LF LF are), though the next hop receives it as
-  // CRLF CRLF. The rewriter keeps looking, takes the first body lines for header lines and removes a body
-  // line that looks like a verdict field: the body is not passed through unchanged.
-  it.fails('a header block ending in LF then CRLF leaves the body untouched', async () => {
+  // Found by this file: LF then CRLF was not taken for the end of the header block, though the next hop
+  // reads it as CRLF CRLF; a body line named like a stripped field was removed.
+  it('a header block ending in LF then CRLF leaves the body untouched', async () => {
     const m = 'Subject: hi\n\r\nX-BATV-Proxy: a line of the body\r\n\r\nmore\r\n';
-    expect(await whole(m)).toBe(P + m); // today: "…Subject: hi\n\r\n\r\nmore\r\n"
+    expect(await whole(m)).toBe(wire(P + m));
   });
 });
