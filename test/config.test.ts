@@ -1,5 +1,5 @@
 /**
- * src/config.ts: the embedded defaults, the DESIGN §5 names, one ConfigError naming every wrong field
+ * src/config.ts: the embedded defaults, the documented names (docs/config.md), one ConfigError naming every wrong field
  * (STYLE H12), JSON and YAML files, BATV_PROXY_* environment overrides over the file, and redaction.
  */
 import fs from 'node:fs';
@@ -44,8 +44,8 @@ async function configErrorAsync(p: Promise<unknown>): Promise<ConfigError> {
 
 const problems = (input: unknown): readonly string[] => configError(() => parseConfig(input)).problems;
 
-/** DESIGN §5's example config, verbatim. */
-const DESIGN_EXAMPLE = {
+/** The documented example config (README, Configuration), verbatim. */
+const EXAMPLE_CONFIG = {
   domains: ['example.com'],
   srs: { domain: 'fwd.example.net', maxAgeDays: 21 },
   batv: { maxAgeDays: 7 },
@@ -75,8 +75,8 @@ describe('parseConfig() defaults', () => {
     expect(c.metrics).toEqual({ listen: '127.0.0.1:9425', token: null, tokenFile: null, usersFile: null });
   });
 
-  it('parses DESIGN §5\'s example under its names', () => {
-    const c = parseConfig(DESIGN_EXAMPLE);
+  it('parses the documented example under its names', () => {
+    const c = parseConfig(EXAMPLE_CONFIG);
     expect(c.domains).toEqual(['example.com']);
     expect(c.srs.domain).toBe('fwd.example.net');
     expect(c.srs.maxAgeDays).toBe(21);
@@ -476,7 +476,7 @@ describe('loadConfig() environment overrides', () => {
 });
 
 describe('redacted()', () => {
-  const withAuth = (): Config => parseConfig({ ...DESIGN_EXAMPLE, relayAuth: { user: 'relay-user', pass: 'hunter2-pass' } });
+  const withAuth = (): Config => parseConfig({ ...EXAMPLE_CONFIG, relayAuth: { user: 'relay-user', pass: 'hunter2-pass' } });
 
   it('hides the relay password and keeps the user', () => {
     const r = redacted(withAuth()) as { relayAuth: unknown };

@@ -1,6 +1,6 @@
 /**
  * src/keys.ts: the pure keyring operations (rotate, retire, importSecrets, parsePostsrsdSecrets) with exact
- * results, readKeys's refusals with exact messages, and the writeKeys → readKeys round trip (DESIGN §3.3).
+ * results, readKeys's refusals with exact messages, and the writeKeys → readKeys round trip (README, Keys).
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';

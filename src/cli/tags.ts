@@ -1,6 +1,6 @@
 /**
  * The tag verbs: sign, verify, srs-forward, srs-reverse. Outside checks drive these with vectors from
- * real exim, Mail::SRS and postsrsd, so flags, output and exit codes follow DESIGN §5 exactly:
+ * real exim, Mail::SRS and postsrsd, so flags, output and exit codes are fixed (README, "CLI"):
  * the result on stdout, exit 0; refused or invalid: the reason on stderr, exit 1; usage: exit 2.
  */
 import { BATV_DEFAULT_MAX_AGE_DAYS, batvSign, batvVerify } from '../tags/batv.js';
@@ -57,7 +57,7 @@ export function secretsKeyring(secrets: readonly string[], keynum: number): TagK
   return { signing: first, signingAt: () => first, verifying: keys, byNum: (n) => keys.find((k) => k.num === n) };
 }
 
-/** Refuses what is not an RFC 5321 mailbox (exit 1), as DESIGN §5 asks; the null sender is refused by the tag code. */
+/** Refuses what is not an RFC 5321 mailbox (exit 1), as the tag tools promise; the null sender is refused by the tag code. */
 function checkAddress(address: string, verb: string, io: Io): boolean {
   if (address === '' || address === '<>') return true;
   const p = parseMailbox(address);

@@ -1,5 +1,5 @@
 /**
- * What kind of null-sender message is this? Used by `inbound.untaggedBounces: classify` (DESIGN.md §4.2): at
+ * What kind of null-sender message is this? Used by `inbound.untaggedBounces: classify` (docs/architecture.md): at
  * end of DATA a delivery-status report (an NDR for mail we may never have sent: likely backscatter) is
  * refused, while read receipts, auto-replies and aggregate/feedback reports pass.
  *

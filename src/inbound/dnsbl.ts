@@ -1,5 +1,5 @@
 /**
- * Backscatterer.org lookups in "safe mode" (DESIGN.md §1): consulted only for bounces (`<>`) and mail from
+ * Backscatterer.org lookups in "safe mode" (docs/architecture.md, "Inbound verdicts"): consulted only for bounces (`<>`) and mail from
  * `postmaster@`, never to refuse ordinary mail. Answers are cached honouring their DNS TTL; failures fail
  * open (the caller decides what to count and does not refuse on them).
  */

@@ -1,5 +1,5 @@
 /**
- * Outbound signing policy (DESIGN §4.1): what MAIL FROM the next hop gets.
+ * Outbound signing policy (docs/architecture.md, "Outbound signing"): what MAIL FROM the next hop gets.
  *
  *   <>                                  unchanged (our own bounces stay null)
  *   sender or first recipient exempt    unchanged

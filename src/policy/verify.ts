@@ -1,5 +1,5 @@
 /**
- * Inbound verdicts per recipient (DESIGN §4.2), decided at RCPT time:
+ * Inbound verdicts per recipient (docs/architecture.md, "Inbound verdicts"), decided at RCPT time:
  *
  *   recipient                null sender <> (a bounce)               ordinary sender
  *   valid BATV tag           deliver untagged to the mailbox host    deliver untagged

@@ -1,6 +1,6 @@
 /**
  * The command-level next-hop SMTP client: one command at a time, each reply handed back whatever its code,
- * so the relay can answer its own client with exactly what the next hop said (DESIGN.md §4.3). nodemailer's
+ * so the relay can answer its own client with exactly what the next hop said (docs/architecture.md). nodemailer's
  * SMTPConnection.send() does MAIL, RCPT and DATA in one call and cannot do that.
  *
  *   reply = *( code "-" text CRLF ) code [ SP text ] CRLF     (RFC 5321 §4.2; bare LF accepted)

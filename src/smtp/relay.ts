@@ -1,5 +1,6 @@
 /**
- * Relaying one client connection's transactions to next hops, command by command (DESIGN §4.3).
+ * Relaying one client connection's transactions to next hops, command by command (docs/architecture.md,
+ * "Relaying to the next hop").
  *
  * A RelayLink belongs to one client connection. Each transaction goes to exactly one next hop; the link
  * keeps its next-hop session between transactions and gives it back to the pool when the client leaves,

@@ -1,6 +1,6 @@
 /**
  * `batv-proxy keys init|list|rotate|retire|import`, in-process through main(argv, io): the JWK Set on disk
- * (DESIGN §3.3), file modes, the listing (number, created, role, RFC 7638 thumbprint, never a secret),
+ * (README, Keys), file modes, the listing (number, created, role, RFC 7638 thumbprint, never a secret),
  * rotation and retirement windows, and importing postsrsd and exim secrets so tags in flight keep verifying.
  */
 import { spawnSync } from 'node:child_process';

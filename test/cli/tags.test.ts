@@ -1,6 +1,6 @@
 /**
  * The tag verbs run in-process through main(argv, io): sign, verify, srs-forward, srs-reverse, their usage
- * errors and --help, with --secret and with the keyring. DESIGN §5 fixes the names, output and exit codes
+ * errors and --help, with --secret and with the keyring. the README (CLI) fixes the names, output and exit codes
  * (0 result on stdout, 1 refused with the reason on stderr, 2 usage), so outside tools can drive them.
  */
 import { createHmac } from 'node:crypto';
@@ -346,14 +346,14 @@ describe('usage errors', () => {
     expect({ code: r.code, out: r.out, first: r.err.split('\n')[0] }).toEqual({ code: 2, out: '', first: 'Usage: batv-proxy <verb> [options]' });
   });
 
-  it('--help for every verb of DESIGN §5 exits 0 with its Usage line on stdout', async () => {
+  it('--help for every verb exits 0 with its Usage line on stdout', async () => {
     for (const verb of ['serve', 'sign', 'verify', 'srs-forward', 'srs-reverse', 'keys', 'explain', 'check-config', 'doctor']) {
       const r = await run([verb, '--help']);
       expect({ verb, code: r.code, err: r.err, usage: r.out.startsWith(`Usage: batv-proxy ${verb}`) }).toEqual({ verb, code: 0, err: '', usage: true });
     }
   });
 
-  it('top-level --help exits 0 and lists every verb of DESIGN §5', async () => {
+  it('top-level --help exits 0 and lists every verb', async () => {
     const r = await run(['--help']);
     expect({ code: r.code, err: r.err }).toEqual({ code: 0, err: '' });
     const listed = r.out.split('\n').filter((l) => l.startsWith('  batv-proxy ')).map((l) => l.split(' ')[3]);

@@ -322,7 +322,7 @@ describe('inbound abuse limits', () => {
     const b = tag('alice@example.com');
     // SRS: =, + and - after SRS0, and the whole local part in upper case (Mail::SRS accepts all of them)
     const srsSpellings = ['=', '+', '-'].map((sep) => s.replace(/^SRS0=/, `SRS0${sep}`)).concat([s.toUpperCase().replace(/@SRS\.EXAMPLE\.NET$/, '@srs.example.net')]);
-    // BATV hashes the address as given (SPEC A.6), so only the tag type's case varies a valid tag
+    // BATV hashes the address as given (docs/wire-formats.md), so only the tag type's case varies a valid tag
     const batvSpellings = [b, b.replace(/^prvs=/, 'PRVS='), b.replace(/^prvs=/, 'Prvs='), b.replace(/^prvs=/, 'pRVS=')];
     try {
       for (const spellings of [srsSpellings, batvSpellings]) {

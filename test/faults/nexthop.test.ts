@@ -1,5 +1,5 @@
 /**
- * Fault injection at the next hop (DESIGN §4.3), for both listeners: a scripted raw-TCP peer refuses at
+ * Fault injection at the next hop (docs/architecture.md, "Relaying to the next hop"), for both listeners: a scripted raw-TCP peer refuses at
  * the greeting, EHLO, MAIL, RCPT or DATA; drops the connection before, during and after DATA; stalls past
  * each timeout; sends broken replies; answers 4xx and then recovers.
  *

@@ -141,7 +141,7 @@ describe('a 1 MiB header block without an empty line', () => {
   });
 });
 
-describe('DESIGN §4.4: the proxy\'s refusals carry an enhanced status code', () => {
+describe('the proxy\'s refusals carry an enhanced status code', () => {
   it('too many recipients is answered "452 4.5.3 Too many recipients" (replies.tooManyRecipients), not smtp-server\'s "452 Error: too many recipients"', async () => {
     const { proxy: p } = await startTestProxy({ limits: { maxRecipients: 2 }, outbound: { relay: `smtp://127.0.0.1:${sink.port}` } });
     try {

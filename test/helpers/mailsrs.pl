@@ -16,7 +16,7 @@
 #
 # Everything stays a byte string (hex in, hex out, no decoding): Mail::SRS then lowercases with Perl's
 # byte semantics (ASCII A-Z only), which is what libsrs2 does. Character strings would get Unicode lc
-# and a different hash (SPEC B.1 pitfall).
+# and a different hash (docs/wire-formats.md: the hashed text is lower-cased).
 use strict;
 use warnings;
 

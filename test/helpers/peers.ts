@@ -245,7 +245,7 @@ export class EximSession {
     child.stdin.on('error', () => { /* reported through the line queue */ });
     const out = new LineQueue(child.stdout, () => `exim -be (pid ${child.pid}) ended: ${stderr.text.trim()}`);
     const session = new EximSession(child, out, clock, dir);
-    // Prove it works, including the clock (the SPEC's own example).
+    // Prove it works, including the clock (the published example vector).
     const [probe] = await session.expand(['${prvs{user@example.com}{secret}{5}}'], Date.UTC(2026, 0, 1, 12));
     if (!probe?.ok || probe.value !== 'prvs=5461cd18bc=user@example.com') {
       await session.stop();

@@ -81,7 +81,7 @@ const caseArb: fc.Arbitrary<BatvCase> = fc.record({
 });
 
 const CASES = fc.sample(caseArb, { seed: 42, numRuns: N });
-// Always include the SPEC/DESIGN example and the empty key.
+// Always include the published example and the empty key.
 CASES.unshift(
   { address: 'user@example.com', secret: 'secret', keyNum: 5, signMs: Date.UTC(2026, 0, 1, 12), oddAge: 600 },
   { address: 'User@Example.COM', secret: '', keyNum: 0, signMs: Date.UTC(2024, 8, 26, 23, 59, 59), oddAge: -1 },
@@ -195,7 +195,7 @@ describe('BATV prvs: interoperability with exim 4.96 ${prvs} / ${prvscheck}', ()
     expectNoMismatches('exim tag -> batvVerify', mismatches);
   });
 
-  it.skipIf(!RUN)('our tags pass exim ${prvscheck} at ages 0..7; from age 8 exim follows its integer rule (SPEC A.5)', async () => {
+  it.skipIf(!RUN)('our tags pass exim ${prvscheck} at ages 0..7; from age 8 exim follows its integer rule (docs/wire-formats.md, Age)', async () => {
     const jobs: { ms: number; expr: string; c: BatvCase; age: number; tag: string }[] = [];
     for (const c of CASES) {
       const o = ours(c);
@@ -230,7 +230,7 @@ describe('BATV prvs: interoperability with exim 4.96 ${prvs} / ${prvscheck}', ()
         if (!parsed.result || !oursAccepts) mismatches.push({ input, ours: oursAccepts, theirs: parsed.result });
       } else {
         // exim's result is its integer rule (checked against the model, so a change in exim shows up);
-        // ours refuses everything older than 7 days or from the future (DESIGN §3.1), except exactly
+        // ours refuses everything older than 7 days or from the future (docs/wire-formats.md), except exactly
         // 1000 days later, when the three-digit DDD comes round again for both.
         if (parsed.result !== modelAccepts) mismatches.push({ input: `${input} [exim vs its documented rule]`, ours: modelAccepts, theirs: parsed.result });
         const oursShould = j.age === 1000;
@@ -239,7 +239,7 @@ describe('BATV prvs: interoperability with exim 4.96 ${prvs} / ${prvscheck}', ()
       }
     });
     if (quirks.length) {
-      console.info(`[interop] exim accepted ${quirks.length} stale/future tags that batvVerify refuses (SPEC A.5), e.g.: ${quirks.slice(0, 5).join('; ')}`);
+      console.info(`[interop] exim accepted ${quirks.length} stale/future tags that batvVerify refuses (docs/wire-formats.md, Age), e.g.: ${quirks.slice(0, 5).join('; ')}`);
     }
     expectNoMismatches('batvSign -> ${prvscheck}', mismatches);
   });
@@ -270,7 +270,7 @@ describe('BATV prvs: interoperability with exim 4.96 ${prvs} / ${prvscheck}', ()
       }
     });
     console.info(`[interop] exim accepted stale tags at the wrap (K+DDD@age): ${eximStale.join(' ')}`);
-    expect(eximStale.length).toBeGreaterThan(0); // the quirk exists (SPEC A.5); ours refuses all of them
+    expect(eximStale.length).toBeGreaterThan(0); // the quirk exists (docs/wire-formats.md, Age); ours refuses all of them
     expectNoMismatches('DDD wrap', mismatches);
   });
 
@@ -327,7 +327,7 @@ describe('BATV prvs: interoperability with exim 4.96 ${prvs} / ${prvscheck}', ()
     expect(() => tagKey(-1, utf8('s'))).toThrow(RangeError);
   });
 
-  it.skipIf(!RUN)('tag case: both accept PRVS=; exim refuses upper-case hex, batvVerify accepts it (DESIGN §3.1)', async () => {
+  it.skipIf(!RUN)('tag case: both accept PRVS=; exim refuses upper-case hex, batvVerify accepts it (docs/wire-formats.md)', async () => {
     const at = Date.UTC(2026, 0, 1, 12);
     const tag = 'prvs=5461cd18bc=user@example.com';
     const variants = [tag, tag.replace('prvs=', 'PRVS='), tag.replace('cd18bc', 'CD18BC')];
@@ -339,7 +339,7 @@ describe('BATV prvs: interoperability with exim 4.96 ${prvs} / ${prvscheck}', ()
     expect(oursV).toStrictEqual([true, true, true]);
   });
 
-  it.skipIf(!RUN)('already tagged: exim tags again, batvSign leaves the address as it is (draft §2.4.1, DESIGN §3.1)', async () => {
+  it.skipIf(!RUN)('already tagged: exim tags again, batvSign leaves the address as it is (draft §2.4.1, docs/wire-formats.md)', async () => {
     const at = Date.UTC(2026, 0, 1, 12);
     const tagged = 'prvs=5461cd18bc=user@example.com';
     const r = await eximExpand(signExpr({ address: tagged, secret: 'secret', keyNum: 5 }), { faketime: at });

@@ -63,7 +63,7 @@ const caseArb: fc.Arbitrary<SrsCase> = aliasDomainArb.chain((domain) =>
 );
 
 const CASES: SrsCase[] = fc.sample(caseArb, { seed: 42, numRuns: N });
-// The published vectors (SPEC B.1/B.2), always included.
+// The published vectors (the libsrs2 family's SRS0/SRS1 examples), always included.
 CASES.unshift(
   { sender: 'test@otherdomain.com', secrets: ['tops3cr3t'], signer: 0, separator: '=', hashLength: 4, hashMin: 4, maxAgeDays: 21, domain: 'example.com', signMs: Date.UTC(2020, 0, 1, 0, 1), midAge: 10 },
   { sender: 'SRS0=cLDn=7G=example.com=user@forwarder.example', secrets: ['secret'], signer: 0, separator: '=', hashLength: 4, hashMin: 4, maxAgeDays: 21, domain: 'second.example', signMs: Date.UTC(2026, 0, 1, 12), midAge: 3 },
@@ -96,7 +96,7 @@ function oursReverseText(address: string, secrets: readonly string[], o: SrsOpti
   const r = srsReverse(address, ring(secrets), o, ms);
   return r.kind === 'valid' ? r.original : `(${r.kind}${r.kind === 'invalid' ? `: ${r.reason}` : ''})`;
 }
-/** Only "reversed to X" or "refused" is compared: the reasons differ by design (SPEC B.3). */
+/** Only "reversed to X" or "refused" is compared: the reasons differ by design (docs/wire-formats.md). */
 const verdict = (t: string) => (t.startsWith('(') ? 'refused' : t);
 
 describe('SRS: interoperability with Perl Mail::SRS 0.31 (Guarded)', () => {
@@ -172,7 +172,7 @@ describe('SRS: interoperability with Perl Mail::SRS 0.31 (Guarded)', () => {
     expectNoMismatches('reverse ours/theirs in both', mismatches);
   });
 
-  it.skipIf(!RUN)('hash length: HashMin characters reverse in both, one fewer in neither; base64url and longer hashes (SPEC B.4)', async () => {
+  it.skipIf(!RUN)('hash length: HashMin characters reverse in both, one fewer in neither; base64url and longer hashes (docs/wire-formats.md)', async () => {
     interface Job { c: SrsCase; address: string; kind: 'min' | 'short' | 'url' | 'long' | 'long-true' }
     const jobs: Job[] = [];
     for (const c of CASES) {
@@ -201,10 +201,10 @@ describe('SRS: interoperability with Perl Mail::SRS 0.31 (Guarded)', () => {
         if (ours !== theirs) mismatches.push({ input, ours, theirs });
         if ((ours === 'refused') !== (j.kind === 'short')) mismatches.push({ input, ours, theirs: j.kind === 'short' ? 'refused' : 'valid' });
       } else if (j.kind === 'url') {
-        // DESIGN §3.2: "-" = "+" and "_" = "/" (postsrsd 2.x writes base64url); Mail::SRS refuses them.
+        // docs/wire-formats.md: "-" = "+" and "_" = "/" (postsrsd 2.x writes base64url); Mail::SRS refuses them.
         urlCount++;
         if (ours === 'refused') mismatches.push({ input, ours, theirs: 'ours must accept base64url' });
-        if (theirs !== 'refused') mismatches.push({ input: `${input} [SPEC B.8 says Mail::SRS refuses base64url]`, ours: 'refused', theirs });
+        if (theirs !== 'refused') mismatches.push({ input: `${input} [Mail::SRS refuses base64url]`, ours: 'refused', theirs });
       } else if (j.kind === 'long-true') {
         if (ours === 'refused' || ours !== theirs) mismatches.push({ input, ours, theirs: `${theirs} (both must accept the HMAC's own next character)` });
       } else {
@@ -214,11 +214,11 @@ describe('SRS: interoperability with Perl Mail::SRS 0.31 (Guarded)', () => {
         if (theirs !== 'refused') longAcceptedByPerl.push(j.address);
       }
     });
-    console.info(`[interop] Mail::SRS: ${urlCount} base64url variants refused as SPEC says; ${jobs.filter((j) => j.kind === 'long').length - longAcceptedByPerl.length} over-long hashes refused (accepted only when the extra character happens to match: ${longAcceptedByPerl.length})`);
+    console.info(`[interop] Mail::SRS: ${urlCount} base64url variants refused as Mail::SRS does; ${jobs.filter((j) => j.kind === 'long').length - longAcceptedByPerl.length} over-long hashes refused (accepted only when the extra character happens to match: ${longAcceptedByPerl.length})`);
     expectNoMismatches('hash length / alphabet', mismatches);
   });
 
-  it.skipIf(!RUN)('hash input is lower-cased ASCII only, on UTF-8 bytes (SPEC B.1 pitfall)', async () => {
+  it.skipIf(!RUN)('hash input is lower-cased ASCII only, on UTF-8 bytes (docs/wire-formats.md)', async () => {
     const cfg: SrsCase = { ...CASES[0]!, secrets: ['k'], domain: 'fwd.example.net', signMs: Date.UTC(2026, 0, 1, 12) };
     const senders = ['ÀÉÎ@ÜBER.example', 'KELVIN\u212a@x.org', 'İstanbul@x.org', 'ſ@x.org', 'ǅ@x.org', 'ẞ@X.ORG', 'Σ@x.org', 'user@XN--P1AI'];
     const res = await perl!.run(senders.map((s) => ({ op: 'forward', address: s, cfg: peerCfg(cfg), nowMs: cfg.signMs })));
@@ -267,7 +267,7 @@ describe('SRS: odd input, ours vs Mail::SRS (documented differences)', () => {
     ['SRS1=hh=h1.org@x.org', '(refused: malformed-srs1)', 'SRS1=+VTx=h1.org=@fwd.example.net', 'SRS1 with two fields (Mail::SRS warns: undef)'],
     ['@x.org', '(refused: unqualified)', 'SRS0=69C0=7G=x.org=@fwd.example.net', 'empty local part'],
     ['user@fwd.example.net.', 'SRS0=4cxx=7G=fwd.example.net.=user@fwd.example.net', 'SRS0=4cxx=7G=fwd.example.net.=user@fwd.example.net', 'SRS domain with a trailing dot (a different name, as the family compares)'],
-    ['"a@b"@x.org', '(refused: at-in-local-part)', '(error: Sender username may not contain an @)', '@ in a quoted local part (SPEC B.8): same'],
+    ['"a@b"@x.org', '(refused: at-in-local-part)', '(error: Sender username may not contain an @)', '@ in a quoted local part (docs/wire-formats.md): same'],
     ['SRS0@x.org', 'SRS0=nwzX=7G=x.org=SRS0@fwd.example.net', 'SRS0=nwzX=7G=x.org=SRS0@fwd.example.net', 'local part "SRS0": same'],
     ['SRS0=@x.org', 'SRS1=xZuz=x.org==@fwd.example.net', 'SRS1=xZuz=x.org==@fwd.example.net', 'SRS0 with nothing after the separator: same'],
   ];
@@ -284,7 +284,7 @@ describe('SRS: odd input, ours vs Mail::SRS (documented differences)', () => {
     [() => `SRS0=${h('7G', 'host.org', '')}=7G=host.org=@fwd.example.net`, 'refused', '@host.org', 'SRS0 with an empty user (valid hash)'],
     [() => `SRS1=${h('', 'op')}==op@fwd.example.net`, 'refused', 'SRS0op@', 'SRS1 with an empty host (valid hash)'],
     [() => `SRS1=${h('h1.org', '')}=h1.org=@fwd.example.net`, 'refused', 'SRS0@h1.org', 'SRS1 with an empty opaque part (valid hash)'],
-    [() => `SRS0=${h('7G', 'host.org', 'user')}=7G=host.org=user`, 'user@host.org', 'refused', 'no @ at all (SPEC B.8)'],
+    [() => `SRS0=${h('7G', 'host.org', 'user')}=7G=host.org=user`, 'user@host.org', 'refused', 'no @ at all (docs/wire-formats.md)'],
     [() => `SRS0=${h('7G', 'host.org', 'a@b')}=7G=host.org=a@b@fwd.example.net`, 'a@b@host.org', 'a@b@host.org', '@ in the user part: both split at the last @'],
     [() => `SRS0=${h('7', 'host.org', 'user')}=7=host.org=user@fwd.example.net`, 'refused', 'refused', 'one-character stamp'],
     [() => `SRS0=${h('!!', 'host.org', 'user')}=!!=host.org=user@fwd.example.net`, 'refused', 'refused', 'stamp outside base32 (Mail::SRS warns, reads it as day 0)'],

@@ -59,7 +59,7 @@ const GROUPS: { config: Config; cases: Case[] }[] = fc.sample(configArb, { seed:
     { seed: 4200 + i, numRuns: PER_CONFIG },
   ),
 }));
-// postsrsd's own published vector (upstream tests, SPEC B.1) as a seventh configuration.
+// postsrsd's own published vector (upstream tests) as a seventh configuration.
 GROUPS.push({
   config: { secrets: ['tops3cr3t'], separator: '=', hashLength: 4, hashMin: 4, domain: 'example.com' },
   cases: [
@@ -129,7 +129,7 @@ describe('SRS: interoperability with postsrsd 1.10 (tcp_table)', () => {
         let theirs: string;
         if (r.code === 200) theirs = (r as { value: string }).value;
         else if ((r as { text: string }).text === 'Already rewritten') {
-          // postsrsd leaves alone any sender that reverses with its own secrets (SPEC B.6): the same
+          // postsrsd leaves alone any sender that reverses with its own secrets (docs/wire-formats.md): the same
           // effect as "unchanged", and only possible when the sender really is one of ours.
           alreadyRewritten++;
           const ok = srsReverse(c.sender, ring(g.config.secrets), opts(g.config), c.signMs).kind === 'valid';
@@ -215,9 +215,9 @@ describe('SRS: interoperability with postsrsd 1.10 (tcp_table)', () => {
         const input = describeCase(g.config, j.c, ` ${j.kind} hash: address=${JSON.stringify(j.address)}`);
         if (j.kind === 'url') {
           url++;
-          // DESIGN §3.2 accepts base64url (postsrsd >= 2.2.6 writes it); SPEC B.8: the 1.x family refuses it.
+          // We accept base64url (postsrsd >= 2.2.6 writes it; docs/wire-formats.md); the 1.x family refuses it.
           if (ours === 'refused') mismatches.push({ input, ours, theirs: 'ours must accept base64url' });
-          if (theirs !== 'refused') mismatches.push({ input: `${input} [SPEC B.8 says postsrsd 1.10 refuses base64url]`, ours: 'refused', theirs });
+          if (theirs !== 'refused') mismatches.push({ input: `${input} [postsrsd 1.10 refuses base64url]`, ours: 'refused', theirs });
         } else if (j.kind === 'long') {
           // Issue 9: a hash with characters after the HMAC's is refused, as Mail::SRS does; postsrsd 1.10
           // compares only the first HashLength characters and accepts it.
@@ -281,7 +281,7 @@ describe('SRS: odd input, ours vs postsrsd 1.10 (documented differences)', () =>
     ['@x.org', '(refused: unqualified)', 'SRS0=69C0=7G=x.org=@fwd.example.net', 'empty local part'],
     ['user@', '(refused: unqualified)', 'SRS0=9/fG=7G==user@fwd.example.net', 'empty domain'],
     ['user@fwd.example.net.', 'SRS0=4cxx=7G=fwd.example.net.=user@fwd.example.net', 'SRS0=4cxx=7G=fwd.example.net.=user@fwd.example.net', 'SRS domain with a trailing dot (a different name, as the family compares)'],
-    ['"a@b"@x.org', '(refused: at-in-local-part)', 'SRS0=/uSQ=7G=b"@x.org="a@fwd.example.net', '@ in a quoted local part: postsrsd splits at the first @ (SPEC B.1)'],
+    ['"a@b"@x.org', '(refused: at-in-local-part)', 'SRS0=/uSQ=7G=b"@x.org="a@fwd.example.net', '@ in a quoted local part: postsrsd splits at the first @ (docs/wire-formats.md)'],
     ['SRS0@x.org', 'SRS0=nwzX=7G=x.org=SRS0@fwd.example.net', 'SRS1=5U2a=x.org=@fwd.example.net', 'local part exactly "SRS0": postsrsd takes the NUL after it for a separator (strchr)'],
     ['SRS0=@x.org', 'SRS1=xZuz=x.org==@fwd.example.net', 'SRS1=xZuz=x.org==@fwd.example.net', 'SRS0 with nothing after the separator: same'],
   ];

@@ -20,7 +20,7 @@ async function run(argv: string[], env: Record<string, string> = {}): Promise<{ 
 }
 
 describe('explain', () => {
-  it('a valid BATV tag (the DESIGN example): original, key, dates, and "accepted"; exit 0', async () => {
+  it('a valid BATV tag (the published example): original, key, dates, and "accepted"; exit 0', async () => {
     expect(await run(['explain', 'prvs=5461cd18bc=user@example.com', '--secret', 'secret', '--now', '2026-01-03T00:00:00Z'])).toEqual({
       code: 0,
       err: '',

@@ -285,7 +285,7 @@ describe('README: every ```sh block, run against `npm start`', () => {
     expect(lines.length).toBe(3);
   });
 
-  it('the tag verbs print the values the README and DESIGN give (sign → the tag verify takes; srs-forward → the address srs-reverse takes)', async () => {
+  it('the tag verbs print the values the README gives (sign → the tag verify takes; srs-forward → the address srs-reverse takes)', async () => {
     const i = blockWith(/srs-reverse/);
     const r = await runBlock(i);
     expect(r.code).toBe(0);

@@ -60,7 +60,7 @@ function refTag(secret: Uint8Array, keyNum: number, signDay: number, address: st
 }
 
 describe('batv vectors (test/vectors/batv.json)', () => {
-  it('holds about 30 vectors, each from exim, with the DESIGN example first', () => {
+  it('holds about 30 vectors, each from exim, with the published example first', () => {
     expect(VECTORS.length).toBeGreaterThanOrEqual(30);
     expect(VECTORS[0]).toMatchObject({ key: 'secret', keyNum: 5, address: 'user@example.com', now: '2026-01-01T12:00:00Z', tag: TAG });
     for (const v of VECTORS) expect(v.source).toMatch(/exim 4\.96 -be/);
@@ -106,7 +106,7 @@ describe('batvExpiryStamp()', () => {
 });
 
 describe('batvSign()', () => {
-  it('signs the DESIGN example exactly', () => {
+  it('signs the published example exactly', () => {
     expect(batvSign('user@example.com', key5, SIGNED_AT)).toStrictEqual({ kind: 'signed', address: TAG, keyNum: 5, expiryDay: '461' });
   });
 

@@ -107,7 +107,7 @@ describe('srsForward()', () => {
   const familyRing = makeKeyring([tagKey(0, utf8('secret'))]);
   const family = opts({ domain: 'forwarder.example' });
 
-  it('gives the family output of SPEC.md for user@example.com (key "secret", 2026-01-01)', () => {
+  it('gives the libsrs2 family output for user@example.com (key "secret", 2026-01-01)', () => {
     expect(srsForward('user@example.com', familyRing, family, FAMILY_AT)).toStrictEqual(
       rewritten('SRS0=cLDn=7G=example.com=user@forwarder.example', 'SRS0'),
     );
