@@ -4,12 +4,16 @@
  * delivery agent records it (Return-Path: for the sender, X-Envelope-To: for each recipient), so a
  * newcomer sees the signed envelope without running a mail server.
  */
+import { randomBytes } from 'node:crypto';
 import { promises as fs, createWriteStream } from 'node:fs';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { SMTPServer } from 'smtp-server';
 import type { AddressInfo } from 'node:net';
 import type { Clock } from './clock.js';
+
+/** Tells this process's files from another's writing to the same folder (as a PID would). */
+const RUN = randomBytes(4).toString('hex');
 
 export interface Capture {
   readonly url: string;
@@ -27,7 +31,7 @@ export async function startCapture(dir: string, clock: Clock, onFile?: (file: st
     disabledCommands: ['AUTH', 'STARTTLS'],
     hideENHANCEDSTATUSCODES: false,
     onData(stream, session, cb) {
-      const id = `${new Date(clock.now()).toISOString().replace(/[:.]/g, '-')}-${process.pid}-${++seq}`;
+      const id = `${new Date(clock.now()).toISOString().replace(/[:.]/g, '-')}-${RUN}-${++seq}`;
       const file = path.join(dir, `${id}.eml`);
       const from = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
       const to = session.envelope.rcptTo.map((r) => r.address);

@@ -73,7 +73,9 @@ export function generateSecret(): Uint8Array {
 }
 
 function whoami(): string {
-  try { return os.userInfo().username; } catch { return `uid ${process.getuid?.() ?? '?'}`; }
+  // No passwd entry (a container's arbitrary uid): fs.stat of a fresh file would tell the uid, but the
+  // message is clear enough without it.
+  try { return os.userInfo().username; } catch { return 'the current user (no passwd entry)'; }
 }
 
 /** A permission failure in plain words: who we are and the command that fixes it. */
@@ -177,7 +179,7 @@ export async function writeKeys(dir: string, keys: readonly StoredKey[]): Promis
       ...(k.status === 'scheduled' && k.activateAt ? { activate_at: k.activateAt } : {}),
     })),
   };
-  const tmp = `${file}.${process.pid}.tmp`;
+  const tmp = `${file}.${randomBytes(6).toString('hex')}.tmp`;
   try {
     await fs.writeFile(tmp, JSON.stringify(doc, null, 2) + '\n', { mode: 0o600 });
     await fs.chmod(tmp, 0o600);

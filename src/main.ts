@@ -23,6 +23,12 @@ export const processIo: Io = {
   err: (t) => void process.stderr.write(t),
   env: process.env,
   now: () => Date.now(),
+  host: {
+    stdin: process.stdin,
+    stdout: process.stdout,
+    get cwd() { return process.cwd(); },
+    onSignal: (signal, handler, once = false) => void (once ? process.once(signal, handler) : process.on(signal, handler)),
+  },
 };
 
 /** Runs one command line; resolves with the exit code. */

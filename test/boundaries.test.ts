@@ -1,6 +1,7 @@
 /**
  * The layering rules (STYLE.md §3.1): src/tags and src/policy are pure (no I/O modules, no libraries,
- * no clock reads); src/smtp imports no policy; Date.now appears only in src/clock.ts and the CLI entry.
+ * no clock reads); src/smtp imports no policy; Date.now appears only in src/clock.ts and the CLI entry;
+ * only src/main.ts touches process.
  */
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
@@ -30,6 +31,14 @@ describe('module boundaries', () => {
     for (const f of files(root)) {
       if (allowed.has(path.relative(root, f))) continue;
       expect(/Date\.now\(\)/.test(readFileSync(f, 'utf8')), `${path.relative(root, f)} calls Date.now()`).toBe(false);
+    }
+  });
+
+  it('only src/main.ts touches process (argv, env, stdio, signals); everything else gets them passed in', () => {
+    for (const f of files(root)) {
+      if (path.relative(root, f) === 'main.ts') continue;
+      const code = readFileSync(f, 'utf8').replace(/\/\*[\s\S]*?\*\/|\/\/[^\n]*/g, ''); // comments may name it
+      expect(/\bprocess\s*[.[]/.test(code), `${path.relative(root, f)} touches process`).toBe(false);
     }
   });
 

@@ -14,6 +14,23 @@ export interface Io {
   err(text: string): void;
   readonly env: Readonly<Record<string, string | undefined>>;
   readonly now: () => number;
+  /** The process around a long-running or piped verb (serve, hash-password); main.ts gives it. */
+  readonly host?: Host;
+}
+
+/** What `serve` and `hash-password` need of the process, so only src/main.ts touches `process`. */
+export interface Host {
+  readonly stdin: AsyncIterable<Buffer | string>;
+  /** Standard output as a stream (the logger writes JSON lines to it; a terminal gets a summary first). */
+  readonly stdout: { write(text: string): unknown; readonly isTTY?: boolean };
+  readonly cwd: string;
+  onSignal(signal: 'SIGTERM' | 'SIGINT' | 'SIGHUP', handler: () => void, once?: boolean): void;
+}
+
+/** The host, or a clear error when a verb that needs one is run without it (a test's own Io). */
+export function hostOf(io: Io, verb: string): Host {
+  if (!io.host) throw new Error(`${verb} needs the process (stdin, stdout, signals); run it through src/main.ts`);
+  return io.host;
 }
 
 /** A usage error: printed with the verb's synopsis, exit 2. */

@@ -9,7 +9,7 @@ import { listenProblems } from './doctor.js';
 import { createLogger } from '../log.js';
 import { startProxy } from '../proxy.js';
 import { RESTART_ONLY } from '../runtime.js';
-import { EXIT_OK, configFile, type Io, type Verb } from './args.js';
+import { EXIT_OK, configFile, hostOf, type Host, type Io, type Verb } from './args.js';
 
 /**
  * The config, refused (one list of problems) when a listen address is unusable: a listen address in use
@@ -85,17 +85,17 @@ function exposedMetrics(c: Config): string | null {
 }
 
 /** Log lines held back until released (so the summary comes first on a terminal). */
-function heldStdout(): DestinationStream & { release(): void } {
+function heldStdout(stdout: Host['stdout']): DestinationStream & { release(): void } {
   let held: string[] | null = [];
   return {
     write(msg: string) {
       if (held) held.push(msg);
-      else process.stdout.write(msg);
+      else stdout.write(msg);
     },
     release() {
       const lines = held ?? [];
       held = null;
-      for (const l of lines) process.stdout.write(l);
+      for (const l of lines) stdout.write(l);
     },
   };
 }
@@ -109,15 +109,16 @@ export const serveVerb: Verb = {
   async run(values, _p, io) {
     const file = configFile(values, io);
     const { config } = await checkedConfig(file, io, false);
+    const host = hostOf(io, 'serve');
     // On a terminal a summary in plain words comes first; piped or redirected, stdout stays JSON lines only.
-    const tty = process.stdout.isTTY === true ? heldStdout() : null;
+    const tty = host.stdout.isTTY === true ? heldStdout(host.stdout) : null;
     const log = createLogger(config.log.level, tty ?? undefined);
     let proxy;
     try {
       proxy = await startProxy(config, { log });
-      if (tty) process.stdout.write(startupSummary({
+      if (tty) host.stdout.write(startupSummary({
         config, outbound: proxy.outbound, inbound: proxy.inbound, metrics: proxy.metricsAddress,
-        outbox: proxy.captures.outbox ? config.outbound.captureDir : null, inbox: proxy.captures.inbox ? config.inbound.captureDir : null, cwd: process.cwd(),
+        outbox: proxy.captures.outbox ? config.outbound.captureDir : null, inbox: proxy.captures.inbox ? config.inbound.captureDir : null, cwd: host.cwd,
       }));
     } finally {
       tty?.release();
@@ -132,8 +133,8 @@ export const serveVerb: Verb = {
         log.info({ signal }, 'stopping: no new connections; running transactions may finish');
         proxy.close(config.timeouts.commandMs).then(() => { log.info('stopped'); log.flush(); resolve(EXIT_OK); });
       };
-      process.once('SIGTERM', () => stop('SIGTERM'));
-      process.once('SIGINT', () => stop('SIGINT'));
+      host.onSignal('SIGTERM', () => stop('SIGTERM'), true);
+      host.onSignal('SIGINT', () => stop('SIGINT'), true);
       const reload = (why: string) => {
         loadConfig(file, io.env)
           .then((c) => proxy.reload(c))
@@ -142,7 +143,7 @@ export const serveVerb: Verb = {
             : log.info({ why, changed, applied }, 'reload done')))
           .catch((e: Error) => log.error({ why, err: e.message }, 'reload refused; still running on the previous config and keys'));
       };
-      process.on('SIGHUP', () => reload('SIGHUP'));
+      host.onSignal('SIGHUP', () => reload('SIGHUP'));
       // A change to the key files (keys rotate, import, retire) is picked up without a signal.
       let timer: NodeJS.Timeout | undefined;
       try {

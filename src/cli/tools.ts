@@ -6,11 +6,11 @@
 import nodemailer from 'nodemailer';
 import { hashPassword } from '../auth.js';
 import { parseListen } from '../config.js';
-import { EXIT_OK, EXIT_REFUSED, UsageError, type Io, type Verb } from './args.js';
+import { EXIT_OK, EXIT_REFUSED, hostOf, UsageError, type Io, type Verb } from './args.js';
 
-async function readStdin(): Promise<string> {
+async function readStdin(io: Io): Promise<string> {
   const chunks: Buffer[] = [];
-  for await (const c of process.stdin) chunks.push(c as Buffer);
+  for await (const c of hostOf(io, 'hash-password').stdin) chunks.push(typeof c === 'string' ? Buffer.from(c) : c);
   return Buffer.concat(chunks).toString('utf8').replace(/\r?\n$/, '');
 }
 
@@ -22,7 +22,7 @@ export const hashPasswordVerb: Verb = {
   positionals: { min: 1, max: 1 },
   async run(_v, [user], io: Io) {
     if (!/^[^:\s]+$/.test(user!)) throw new UsageError(`USER: "${user}" may not contain ":" or spaces`);
-    const pw = await readStdin();
+    const pw = await readStdin(io);
     if (!pw) { io.err('hash-password: no password on standard input\n'); return EXIT_REFUSED; }
     io.out(`${user}:${await hashPassword(pw)}\n`);
     return EXIT_OK;

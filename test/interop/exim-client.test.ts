@@ -6,13 +6,13 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeEximClient, type EximClient } from '../helpers/exim-mta.js';
-import { eximBinary } from '../helpers/peers.js';
+import { checkExim, shouldRun } from '../helpers/peers.js';
 import { captureLog, startTestProxy, testKeyring, T0 } from '../helpers/proxy.js';
 import { startSink, type Sink } from '../helpers/sink.js';
 import { batvSign } from '../../src/tags/batv.js';
 import type { Proxy } from '../../src/proxy.js';
 
-const RUN = !!eximBinary();
+const RUN = shouldRun('exim as the SMTP client', checkExim());
 const N = 8;
 
 describe.skipIf(!RUN)('exim 4.96 as the SMTP client', () => {

@@ -1,8 +1,9 @@
 import { createHash } from 'node:crypto';
+import net from 'node:net';
 import { PassThrough, Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import fc from 'fast-check';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { SmtpReply } from '../../src/reply.js';
 import {
   MAX_REPLY_LINES,
@@ -773,14 +774,18 @@ describe('NextHopSession against Postfix smtp-sink', () => {
     expect(s(d?.body ?? Buffer.alloc(0))).toBe('Subject: dots\n\n.\n..\n.leading\n\xff\xfe 8-bit\n.\nlast\n');
   });
 
-  it('sets TCP_NODELAY: 30 small messages in one session take far less than 30 delayed ACKs (40 ms each)', async () => {
-    const session = await connect(discard.port);
-    const t0 = performance.now();
-    for (let i = 0; i < 30; i++) {
+  it('sets TCP_NODELAY on the next-hop socket (else every small command waits for a delayed ACK)', async () => {
+    // Asserted on the socket call, not on a duration: a timing bound fails on a busy machine.
+    const spy = vi.spyOn(net.Socket.prototype, 'setNoDelay');
+    try {
+      const session = await connect(discard.port);
+      expect(spy.mock.calls).toEqual([[true]]);
       await envelope(session);
       expect((await session.data(body('Subject: small\r\n\r\nhi\r\n'))).code).toBe(250);
+      await session.quit();
+    } finally {
+      spy.mockRestore();
     }
-    expect(performance.now() - t0).toBeLessThan(900); // measured: ~150 ms with TCP_NODELAY, ~1500 ms without
   });
 
   it('streams a 50 MiB body with flat memory', async () => {
