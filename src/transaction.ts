@@ -11,7 +11,7 @@ import type { Config } from './config.js';
 import type { Logger } from './log.js';
 import type { Metrics } from './metrics.js';
 import type { Role, Runtime } from './runtime.js';
-import { passThrough, passThroughText, replyLine, NextHopError, type Reply } from './smtp/client.js';
+import { passThrough, passThroughText, replyLine, NextHopError, type Reply } from './smtp/hop-reply.js';
 import { HeaderRewriter, protocolName, receivedHeader } from './smtp/headers.js';
 import { isSmtpReply, type SmtpReply } from './reply.js';
 import { closeConnection } from './smtp/internals.js';

@@ -7,7 +7,8 @@ import os from 'node:os';
 import { Resolver } from 'node:dns';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ConfigError, DEFAULTS, loadConfig, parseConfig, redacted, type Config } from '../src/config.js';
+import { ConfigError, DEFAULTS, parseConfig, type Config } from '../src/config.js';
+import { loadConfig, redacted } from '../src/config/load.js';
 
 let tmp: string;
 beforeAll(() => {

@@ -5,7 +5,8 @@
  */
 import { promises as fs } from 'node:fs';
 import net from 'node:net';
-import { loadConfig, parseListen, type Config, type NextHop } from '../config.js';
+import { parseListen, type Config, type NextHop } from '../config.js';
+import { loadConfig } from '../config/load.js';
 import { readKeys, retire, keyringPath, keyScheduleWarnings, KEY_SCHEDULE_DEFAULTS } from '../keys.js';
 import { loadUsers } from '../auth.js';
 import { connectNextHop } from '../smtp/client.js';

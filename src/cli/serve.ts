@@ -4,7 +4,8 @@
 import { watch } from 'node:fs';
 import path from 'node:path';
 import type { DestinationStream } from 'pino';
-import { ConfigError, DEFAULTS, loadConfig, parseListen, redacted, type Config } from '../config.js';
+import { ConfigError, DEFAULTS, parseListen, type Config } from '../config.js';
+import { loadConfig, redacted } from '../config/load.js';
 import { listenProblems } from './doctor.js';
 import { createLogger } from '../log.js';
 import { startProxy } from '../proxy.js';

@@ -8,7 +8,8 @@ import { utf8 } from '../tags/hmac.js';
 import { makeKeyring, tagKey, type TagKey, type TagKeyring } from '../tags/keyring.js';
 import { parseMailbox } from '../tags/address.js';
 import { SRS_DEFAULTS, srsForward, srsReverse, type SrsOptions, type SrsSeparator } from '../tags/srs.js';
-import { loadConfig, type Config } from '../config.js';
+import { type Config } from '../config.js';
+import { loadConfig } from '../config/load.js';
 import { loadKeyring } from '../keys.js';
 import { EXIT_OK, EXIT_REFUSED, configFile, intFlag, nowFrom, strings, UsageError, type Io, type Verb } from './args.js';
 

@@ -9,7 +9,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
 import { SmtpReply, isSmtpReply, transportReplies } from '../reply.js';
-import { NextHopError } from './client.js';
+import { NextHopError } from './hop-reply.js';
 import { closeIdleConnections, installConnectionHooks } from './internals.js';
 import { hasBareLineEnd } from './dotstuff.js';
 

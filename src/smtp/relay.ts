@@ -12,7 +12,8 @@
  */
 import type { Readable } from 'node:stream';
 import type { SmtpReply } from '../reply.js';
-import { connectNextHop, NextHopError, type NextHopOptions, type NextHopSession, type Reply } from './client.js';
+import { connectNextHop, type NextHopOptions, type NextHopSession } from './client.js';
+import { NextHopError, type Reply } from './hop-reply.js';
 
 export interface HopAddress {
   readonly url: string;

@@ -14,7 +14,7 @@ import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import { Redis } from 'ioredis';
 import type { Config } from '../config.js';
-import { redactUrl } from '../config.js';
+import { redactUrl } from '../config/load.js';
 
 export interface StateLog {
   warn(msg: string, fields?: Record<string, unknown>): void;

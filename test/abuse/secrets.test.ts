@@ -15,7 +15,7 @@ import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hashPassword } from '../../src/auth.js';
 import { fixedClock } from '../../src/clock.js';
-import { loadConfig } from '../../src/config.js';
+import { loadConfig } from '../../src/config/load.js';
 import { keyringPath, writeKeys } from '../../src/keys.js';
 import { createLogger } from '../../src/log.js';
 import { main } from '../../src/main.js';

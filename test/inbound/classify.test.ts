@@ -5,10 +5,10 @@ import { describe, expect, it } from 'vitest';
 import {
   classifyBounce,
   createBounceClassifier,
-  decodeEncodedWords,
   type BounceClassifierOptions,
   type Classification,
 } from '../../src/inbound/classify.js';
+import { decodeEncodedWords } from '../../src/inbound/mime.js';
 
 const DIR = fileURLToPath(new URL('../fixtures/bounces/', import.meta.url));
 const fixture = (name: string): Buffer => readFileSync(DIR + name);

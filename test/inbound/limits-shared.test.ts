@@ -137,7 +137,8 @@ describe('SharedLimits when Redis fails', () => {
 
 describe('config state section', () => {
   it('accepts redis:// and rediss:// URLs, refuses others, and check-config output hides the password', async () => {
-    const { parseConfig, redacted, ConfigError } = await import('../../src/config.js');
+    const { parseConfig, ConfigError } = await import('../../src/config.js');
+    const { redacted } = await import('../../src/config/load.js');
     const c = parseConfig({ state: { redis: 'rediss://app:hunter2secret@127.0.0.1:6380/2', prefix: 'mx1:', timeoutMs: 3 } });
     expect(c.state).toEqual({ redis: 'rediss://app:hunter2secret@127.0.0.1:6380/2', passwordFile: null, prefix: 'mx1:', timeoutMs: 3 });
     const shown = JSON.stringify(redacted(c));

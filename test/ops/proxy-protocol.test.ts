@@ -9,7 +9,7 @@ import { startSink, type Sink } from '../helpers/sink.js';
 import { talk, type Talk } from '../helpers/talk.js';
 import { closeTestProxy } from '../helpers/test-proxy-cleanup.js';
 import { startTestProxy, testKeyring, T0 } from '../helpers/proxy.js';
-import { loadConfig } from '../../src/config.js';
+import { loadConfig } from '../../src/config/load.js';
 import type { Proxy } from '../../src/proxy.js';
 import { batvSign } from '../../src/tags/batv.js';
 

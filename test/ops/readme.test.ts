@@ -18,7 +18,8 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { talk } from '../helpers/talk.js';
 import { BIN, cleanEnv, ensureBuilt, freePort, portFree, REPO, run, startServe, type RunResult, type ServeProcess } from '../helpers/proc.js';
-import { DEFAULTS, loadConfig } from '../../src/config.js';
+import { DEFAULTS } from '../../src/config.js';
+import { loadConfig } from '../../src/config/load.js';
 import { main } from '../../src/main.js';
 import type { Io } from '../../src/cli/args.js';
 

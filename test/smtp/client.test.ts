@@ -5,16 +5,8 @@ import { finished } from 'node:stream/promises';
 import fc from 'fast-check';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { SmtpReply } from '../../src/reply.js';
-import {
-  MAX_REPLY_LINES,
-  NextHopError,
-  connectNextHop,
-  formatReply,
-  passThrough,
-  type NextHopOptions,
-  type NextHopSession,
-  type Reply,
-} from '../../src/smtp/client.js';
+import { MAX_REPLY_LINES, connectNextHop, type NextHopOptions, type NextHopSession } from '../../src/smtp/client.js';
+import { NextHopError, formatReply, passThrough, type Reply } from '../../src/smtp/hop-reply.js';
 import { closedPort, startBlackhole, startFakePeer, type FakePeer } from '../helpers/fake-peer.js';
 import { startPostfixSink, type PostfixSink } from '../helpers/postfix-sink.js';
 import { selfSignedCert, startSink, type Sink } from '../helpers/sink.js';

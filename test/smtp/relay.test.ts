@@ -12,7 +12,8 @@
 import { PassThrough, Readable } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SmtpReply } from '../../src/reply.js';
-import { NextHopError, passThrough, replyLine, type NextHopOptions, type NextHopSession } from '../../src/smtp/client.js';
+import type { NextHopOptions, NextHopSession } from '../../src/smtp/client.js';
+import { NextHopError, passThrough, replyLine } from '../../src/smtp/hop-reply.js';
 import { NextHopPool, RelayLink, type HopAddress, type PoolOptions } from '../../src/smtp/relay.js';
 import { closedPort, startBlackhole, startFakePeer, type FakePeer, type PeerConnection, type PeerScript } from '../helpers/fake-peer.js';
 
