@@ -341,7 +341,9 @@ async function startProxyProcess(configFile: string, outPort: number, inPort: nu
     : ['--import', 'tsx', '--input-type=module', '-e',
       `const { main } = await import(${JSON.stringify(pathToFileURL(path.join(ROOT, 'src', 'main.ts')).href)});`
       + `process.exitCode = await main(['serve', '--config', ${JSON.stringify(configFile)}]);`];
-  const child = track(spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] }));
+  // BENCH_PROXY_NODE_ARGS: node options for the proxy only, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof".
+  const nodeArgs = (process.env.BENCH_PROXY_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
+  const child = track(spawn(process.execPath, [...nodeArgs, ...args], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] }));
   let err = '';
   child.stderr?.on('data', (b: Buffer) => { err = (err + b.toString()).slice(-4000); });
   try {

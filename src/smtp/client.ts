@@ -61,7 +61,8 @@ export interface NextHopSession {
    * next hop sends before the end, after which the session is closed). A body that errors or is destroyed
    * before its end is never terminated: the session is aborted and data() rejects with the body's error.
    * When it stops reading early it lets the rest of `body` drain. `beforeEnd` runs once the whole body is
-   * written, before the final "."; an Error it returns or throws aborts likewise and data() rejects with it.
+   * read, before its last chunk and the final "." are written (in one write); an Error it returns or throws
+   * aborts likewise (that last chunk is never sent) and data() rejects with it.
    */
   data(body: Readable, beforeEnd?: () => Error | null | undefined): Promise<Reply>;
   /** RSET; resolves with the reply. */
@@ -215,7 +216,7 @@ class Session implements NextHopSession {
           drain(body);
           throw this.withdraw(err, 'message source failed before its end');
         });
-      if (outcome === 'stopped' || final.waiter.settled) {
+      if (outcome.outcome === 'stopped' || final.waiter.settled) {
         drain(body);
         const early = await final.promise; // rejects when the session failed
         if (early.code < 400) throw this.fail('body', 'protocol', `reply before end of data: ${firstLine(early)}`, early);
@@ -225,7 +226,8 @@ class Session implements NextHopSession {
       if (veto !== null) throw this.withdraw(veto, 'message withheld by the proxy before its end');
       final.waiter.stage = this.stage = 'data-end';
       final.waiter.timer = setTimeout(() => this.fail('data-end', 'timeout', `no reply in ${this.t.data} ms`), this.t.data);
-      this.socket.write(stuffer.end());
+      // The body's last chunk and the terminator in one write (writeStuffed held the chunk back).
+      this.socket.write(outcome.last.length ? Buffer.concat([outcome.last, stuffer.end()]) : stuffer.end());
       return final.promise;
     });
   }

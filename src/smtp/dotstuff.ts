@@ -218,18 +218,25 @@ export function dotStuff(body: Buffer): Buffer {
   return Buffer.concat([s.push(body), s.end()]);
 }
 
-/** How {@link writeStuffed} ended: the body ended, or `stop` settled first. */
-export type StuffedOutcome = 'ended' | 'stopped';
+/**
+ * How {@link writeStuffed} ended: the body ended (`last` is its final encoded bytes, not yet written), or
+ * `stop` settled first.
+ */
+export type StuffedOutcome = { readonly outcome: 'ended'; readonly last: Buffer } | { readonly outcome: 'stopped' };
 
 /**
  * Writes `body` dot-stuffed to `out` with backpressure (the body is paused while `out` is full), without
- * the terminator and without ending `out`. Resolves 'ended' at the body's end, 'stopped' as soon as `stop`
- * settles; rejects with the body's error, or when it closes before its end. Calls `onStuck` when `out`
- * stays full for `idleTimeoutMs`. Leaves `body` without its listeners (and paused, or flowing) either way.
+ * its last chunk and the terminator and without ending `out`. The last chunk is held back and handed to
+ * the caller at the end, so that it and the terminator go out in one write: for a message that arrives in
+ * one chunk, one system call instead of two. A chunk is held only until the event loop turns. Resolves `ended` at the body's end, `stopped` as soon as
+ * `stop` settles (the held chunk is then dropped: the session is being failed); rejects with the body's
+ * error, or when it closes before its end. Calls `onStuck` when `out` stays full for `idleTimeoutMs`.
+ * Leaves `body` without its listeners (and paused, or flowing) either way.
  *
  * @example
  *   const st = new DotStuffer();
- *   if ((await writeStuffed(body, socket, st, { idleTimeoutMs: 30_000, onStuck, stop })) === 'ended') socket.write(st.end());
+ *   const r = await writeStuffed(body, socket, st, { idleTimeoutMs: 30_000, onStuck, stop });
+ *   if (r.outcome === 'ended') socket.write(Buffer.concat([r.last, st.end()]));
  */
 export function writeStuffed(
   body: Readable,
@@ -240,31 +247,58 @@ export function writeStuffed(
   return new Promise<StuffedOutcome>((resolve, reject) => {
     let stuck: NodeJS.Timeout | undefined;
     let done = false;
+    // The latest encoded chunk, not yet written: written when the next one comes or when the event loop
+    // turns (setImmediate runs after the 'end' that follows the last chunk in the same turn), so a slow
+    // body still reaches the next hop as it arrives.
+    let held: Buffer | null = null;
+    let flushTimer: NodeJS.Immediate | undefined;
+    const write = (chunk: Buffer): void => {
+      if (!out.write(chunk) && !stuck) {
+        body.pause();
+        stuck = setTimeout(o.onStuck, o.idleTimeoutMs);
+      }
+    };
+    const flush = (): void => {
+      flushTimer = undefined;
+      const chunk = held;
+      held = null;
+      if (chunk && !done) write(chunk);
+    };
     const finish = (outcome: StuffedOutcome, err?: Error): void => {
       if (done) return;
       done = true;
       clearTimeout(stuck);
+      if (flushTimer) clearImmediate(flushTimer);
       body.off('data', onData).off('end', onEnd).off('error', onError).off('close', onClose);
       out.off('drain', onDrain);
       if (err) reject(err);
       else resolve(outcome);
     };
     const onData = (chunk: Buffer | string): void => {
-      if (!out.write(stuffer.push(typeof chunk === 'string' ? Buffer.from(chunk) : chunk)) && !stuck) {
-        body.pause();
-        stuck = setTimeout(o.onStuck, o.idleTimeoutMs);
-      }
+      const encoded = stuffer.push(typeof chunk === 'string' ? Buffer.from(chunk) : chunk);
+      if (encoded.length === 0) return;
+      const previous = held;
+      held = encoded;
+      if (previous) write(previous);
+      flushTimer ??= setImmediate(flush);
     };
     const onDrain = (): void => {
       clearTimeout(stuck);
       stuck = undefined;
       body.resume();
     };
-    const onEnd = (): void => finish('ended');
-    const onError = (err: Error): void => finish('stopped', err);
-    const onClose = (): void => finish('stopped', new Error('Cannot relay message: body closed before its end'));
-    o.stop.then(() => finish('stopped'), () => finish('stopped'));
+    const onEnd = (): void => {
+      const last = held ?? EMPTY;
+      held = null;
+      finish({ outcome: 'ended', last });
+    };
+    const onError = (err: Error): void => finish(STOPPED, err);
+    const onClose = (): void => finish(STOPPED, new Error('Cannot relay message: body closed before its end'));
+    o.stop.then(() => finish(STOPPED), () => finish(STOPPED));
     body.on('data', onData).on('end', onEnd).on('error', onError).on('close', onClose).resume();
     out.on('drain', onDrain);
   });
 }
+
+const EMPTY = Buffer.alloc(0);
+const STOPPED: StuffedOutcome = Object.freeze({ outcome: 'stopped' });

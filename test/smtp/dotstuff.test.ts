@@ -228,12 +228,21 @@ describe('hasBareLineEnd()', () => {
 });
 
 describe('writeStuffed()', () => {
-  it('writes the stuffed body without the terminator and resolves "ended"', async () => {
+  it('writes the stuffed body but its last chunk, and hands that chunk back at "ended" (one write with the terminator)', async () => {
     const got: Buffer[] = [];
     const out = new Writable({ write(c: Buffer, _e, cb) { got.push(c); cb(); } });
     const st = new DotStuffer();
-    const outcome = await writeStuffed(Readable.from([b('a\r\n'), b('.b\r\n')]), out, st, { idleTimeoutMs: 1000, onStuck: () => undefined, stop: new Promise(() => undefined) });
-    expect([outcome, s(Buffer.concat(got)), s(st.end())]).toEqual(['ended', 'a\r\n..b\r\n', '.\r\n']);
+    const r = await writeStuffed(Readable.from([b('a\r\n'), b('.b\r\n')]), out, st, { idleTimeoutMs: 1000, onStuck: () => undefined, stop: new Promise(() => undefined) });
+    expect(r.outcome).toBe('ended');
+    expect([got.map(s), s(r.outcome === 'ended' ? r.last : Buffer.alloc(0)), s(st.end())]).toEqual([['a\r\n'], '..b\r\n', '.\r\n']);
+  });
+
+  it('hands back an empty last chunk for an empty body and writes nothing', async () => {
+    const got: Buffer[] = [];
+    const out = new Writable({ write(c: Buffer, _e, cb) { got.push(c); cb(); } });
+    const r = await writeStuffed(Readable.from([]), out, new DotStuffer(), { idleTimeoutMs: 1000, onStuck: () => undefined, stop: new Promise(() => undefined) });
+    expect(r).toEqual({ outcome: 'ended', last: Buffer.alloc(0) });
+    expect(got).toEqual([]);
   });
 
   it('pauses the body while the output is full and calls onStuck after idleTimeoutMs', async () => {
@@ -244,7 +253,7 @@ describe('writeStuffed()', () => {
     let stop!: () => void;
     const stopped = new Promise<void>((resolve) => { stop = resolve; });
     const result = writeStuffed(body, out, new DotStuffer(), { idleTimeoutMs: 100, onStuck: () => { stuckCalls++; stop(); }, stop: stopped });
-    expect(await result).toBe('stopped');
+    expect((await result).outcome).toBe('stopped');
     expect(stuckCalls).toBe(1);
     expect(produced).toBeLessThan(64 * 1024);
     expect(body.listenerCount('data')).toBe(0);

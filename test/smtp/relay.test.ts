@@ -553,11 +553,12 @@ describe('abort and leaving mid-DATA close the connection', () => {
     await link.begin(hopOf(peer.port), 'MAIL FROM:<a@x.example>');
     await link.rcpt('RCPT TO:<b@y.example>');
     const refusal = new SmtpReply(550, '5.7.1', 'Delivery status report to an untagged address refused as backscatter (test)');
-    await expect(link.data(body('Subject: x\r\n\r\nbody\r\n'), () => refusal)).rejects.toBe(refusal);
+    await expect(link.data(Readable.from([Buffer.from('Subject: x\r\n\r\n'), Buffer.from('body\r\n')]), () => refusal)).rejects.toBe(refusal);
     const conn = await peer.connection(0);
     await conn.closed;
     link.close();
-    expect(s(conn.pendingData)).toBe('Subject: x\r\n\r\nbody\r\n');
+    // Everything but the last chunk, which waits for the terminator and is never sent.
+    expect(s(conn.pendingData)).toBe('Subject: x\r\n\r\n');
     expect([conn.messages.length, r.pool.idleCount()]).toEqual([0, 0]);
   });
 });
