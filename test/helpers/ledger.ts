@@ -17,7 +17,6 @@
  *   expect(ledger.audit()).toEqual({ lost: [], duplicated: [], phantom: [] });
  */
 import type { PeerAction, PeerConnection } from './fake-peer.js';
-import type { Sink } from './sink.js';
 import type { Talk } from './talk.js';
 
 const TOKEN = /Subject: fault-token ([A-Za-z0-9-]+)/;
@@ -25,6 +24,11 @@ const TOKEN = /Subject: fault-token ([A-Za-z0-9-]+)/;
 /** The token in a message (raw or unstuffed bytes), or null. */
 export function tokenOf(message: Buffer): string | null {
   return TOKEN.exec(message.toString('latin1'))?.[1] ?? null;
+}
+
+/** What {@link Ledger.watch} reads: the messages a next hop accepted (a Sink, exim-server.ts's store). */
+export interface MessageSource {
+  readonly messages: ReadonlyArray<{ readonly body: Buffer }>;
 }
 
 export interface Audit {
@@ -41,7 +45,7 @@ export class Ledger {
   readonly peerAcked: string[] = [];
   /** Tokens a fake peer received completely (terminator seen) but did not acknowledge with 2xx. */
   readonly peerUnacked: string[] = [];
-  private readonly sinks: Sink[] = [];
+  private readonly sinks: MessageSource[] = [];
 
   constructor(private readonly prefix = 'm') {}
 
@@ -60,8 +64,8 @@ export class Ledger {
     this.told.set(token, reply);
   }
 
-  /** Counts what this sink accepts as acknowledged. */
-  watch(sink: Sink): void {
+  /** Counts what this sink (or any store of accepted messages, e.g. exim-server.ts) holds as acknowledged. */
+  watch(sink: MessageSource): void {
     this.sinks.push(sink);
   }
 
