@@ -56,7 +56,8 @@ export function createInbound(ctx: RelayContext): Listener {
   async function refuse(txn: InboundTxn, ip: string, rcpt: string, reply: SmtpReply, reason: string): Promise<never> { // issue 12: limits are async
     ctx.metrics.verdicts.inc({ result: 'refused', reason });
     txn.rcpts.push({ rcpt, to: rcpt, verdict: reason, reply: reply.line });
-    if (isNullSender(txn.sender) && await txn.rt.limits.noteRefused(ip)) {
+    const tipped = isNullSender(txn.sender) && txn.rt.limits.noteRefused(ip);
+    if (tipped === true || (tipped !== false && await tipped)) {
       ctx.log.warn({ client: ip, role: 'inbound' }, 'client cooled off after too many refused bounces');
       ctx.metrics.rateLimited.inc({ kind: 'client' });
     }
@@ -65,7 +66,8 @@ export function createInbound(ctx: RelayContext): Listener {
 
   return createListener(ctx.runtime().listeners.inbound, {
     async onConnect(session, cb) { // issue 12: limits are async
-      if (await ctx.runtime().limits.isCoolingOff(session.remoteAddress)) {
+      const cooling = ctx.runtime().limits.isCoolingOff(session.remoteAddress);
+      if (cooling === true || (cooling !== false && await cooling)) {
         ctx.metrics.rateLimited.inc({ kind: 'client' });
         return cb(replies.coolingOff(session.remoteAddress));
       }
@@ -79,7 +81,8 @@ export function createInbound(ctx: RelayContext): Listener {
         // The snapshot this transaction keeps to its end (src/runtime.ts).
         const rt = ctx.runtime();
         const ip = session.remoteAddress;
-        if (await rt.limits.isCoolingOff(ip)) throw replies.coolingOff(ip);
+        const cooling = rt.limits.isCoolingOff(ip);
+        if (cooling === true || (cooling !== false && await cooling)) throw replies.coolingOff(ip);
         const { raw, rawParams } = rawOf(address);
         const { config, dnsbl } = rt;
         if (dnsbl && dnsbl.applies(raw)) {
@@ -106,13 +109,15 @@ export function createInbound(ctx: RelayContext): Listener {
         if (!txn) throw replies.needMail();
         const { rt } = txn;
         const ip = session.remoteAddress;
-        if (await rt.limits.isCoolingOff(ip)) throw replies.coolingOff(ip);
+        const cooling = rt.limits.isCoolingOff(ip);
+        if (cooling === true || (cooling !== false && await cooling)) throw replies.coolingOff(ip);
         checkRecipientLimit(txn);
         const { raw, rawParams } = rawOf(address);
         const d = decideRecipient(raw, txn.sender, rt.verify, rt.keyring, ctx.clock.now());
         if (d.kind === 'refuse') return await refuse(txn, ip, raw, d.reply, d.reason);
         if (d.verdict === 'untagged-bounce-grace') ctx.metrics.wouldRefuse.inc({ reason: 'untagged-bounce' });
-        if ((d.verdict === 'batv-valid' || d.verdict === 'srs-valid') && isNullSender(txn.sender) && !(await rt.limits.takeTag(tagIdentity(d, ctx.clock.now())))) {
+        const taken = (d.verdict === 'batv-valid' || d.verdict === 'srs-valid') && isNullSender(txn.sender) ? rt.limits.takeTag(tagIdentity(d, ctx.clock.now())) : true;
+        if (taken === false || (taken !== true && !(await taken))) {
           ctx.metrics.rateLimited.inc({ kind: 'tag' });
           txn.rcpts.push({ rcpt: raw, to: d.to, verdict: 'tag-replayed', reply: '450' });
           throw replies.tagReplayed(raw);

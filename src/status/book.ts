@@ -71,7 +71,14 @@ const COUNTERS = ['senders', 'verdicts', 'refusals', 'wouldRefuse', 'rateLimited
 const HOUR_MS = 3_600_000;
 const DAY_MS = 24 * HOUR_MS;
 const PREFIX: Record<string, keyof Counts> = { signed: 'signed', unsigned: 'unsigned', accepted: 'accepted', refused: 'refused', refusal: 'refusals', limited: 'rateLimited', would: 'wouldRefuse' };
-const isRefusal = (reply: string | undefined): reply is string => typeof reply === 'string' && /^[45]\d\d[ -]/.test(reply);
+/** A reply line starting 4xx or 5xx (a 2xx or 3xx, or none, is not a refusal); looked at per recipient. */
+const isRefusal = (reply: string | undefined): reply is string => {
+  if (typeof reply !== 'string' || reply.length < 4) return false;
+  const c = reply.charCodeAt(0);
+  const sep = reply.charCodeAt(3);
+  return (c === 0x34 || c === 0x35) && isDigit(reply.charCodeAt(1)) && isDigit(reply.charCodeAt(2)) && (sep === 0x20 || sep === 0x2d);
+};
+const isDigit = (c: number): boolean => c >= 0x30 && c <= 0x39;
 
 function keyOf(counter: keyof SampledCounters, labels: Readonly<Record<string, string | number | undefined>>): string {
   const l = (k: string) => String(labels[k] ?? '');
