@@ -88,7 +88,8 @@ function killAllNow(): void {
 }
 
 function findTool(name: string): string | null {
-  const dirs = [...(process.env.PATH ?? '').split(':'), '/usr/sbin', '/usr/lib/postfix/sbin', '/usr/libexec/postfix'];
+  // .peers/bin first: scripts/install-peers.sh unpacks Postfix there without installing it.
+  const dirs = [path.join(ROOT, '.peers/bin'), ...(process.env.PATH ?? '').split(':'), '/usr/sbin', '/usr/lib/postfix/sbin', '/usr/libexec/postfix'];
   for (const d of dirs) {
     const p = path.join(d, name);
     try {

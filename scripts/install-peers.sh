@@ -1,23 +1,35 @@
 #!/usr/bin/env bash
-# Installs the real programs the interop tests (test/interop/) compare our tag core with.
-# For a Debian 12 machine, run as root (CI runs it before `npm test`). Idempotent: a second run only checks.
+# Installs the real programs the tests run beside the proxy (test/interop/, test/e2e/, test/inbound/,
+# test/status/). For a DEVELOPMENT or CI machine running Debian 12, as root; CI runs it before `npm test`.
+# Idempotent: a second run only checks.
 #
-#   postfix           smtp-sink / smtp-source (no daemon is started or left running)
-#   swaks             SMTP test client
-#   libmail-srs-perl  Perl Mail::SRS 0.31 (Guarded)
-#   postsrsd          postsrsd 1.10 (libsrs2 family, tcp_table); the tests start their own instances
-#   faketime          libfaketime, to freeze the peers' clocks
-#   exim              exim4-daemon-light is NOT installed (it conflicts with postfix): the .deb is
-#                     downloaded into .peers/exim/ and unpacked with dpkg -x into .peers/exim/root/;
-#                     its library dependencies are installed.
+# Safe on a machine that is a mail server: it installs no MTA and no daemon package, so it never removes or
+# replaces an installed MTA (Debian's MTAs conflict with each other) and never enables a service at boot.
+# The programs that come in daemon packages are downloaded and unpacked with `dpkg -x` under .peers/, with
+# only their shared libraries installed; the tests start them with their own configs and stop them by PID.
+#
+#   installed  swaks              SMTP test client
+#              libmail-srs-perl   Perl Mail::SRS 0.31 (Guarded)
+#              faketime           libfaketime, to freeze the peers' clocks
+#              redis-tools        holds the redis-server program without the redis-server service
+#              chromium           drives the status-page test
+#   unpacked   postfix            .peers/postfix/root: smtp-sink, smtp-source, and a whole Postfix for
+#                                 instances with their own config directory (test/helpers/postfix-mta.ts)
+#              postsrsd           .peers/postsrsd/root: postsrsd 1.10 (libsrs2 family, tcp_table)
+#              exim4-daemon-light .peers/exim/root: exim 4.96 (made non-setuid, so libfaketime preloads)
+#              haproxy            .peers/haproxy/root: HAProxy 2.6 in front of several proxies
+#   .peers/bin/  one small wrapper per program (smtp-sink, smtp-source, postfix, postsrsd, exim4, haproxy)
+#                that execs the unpacked binary with its library path; the PID a test holds is the program's.
+#   users      Debian-exim (compiled into exim), postfix and group postdrop (Postfix's mail_owner and
+#              setgid_group), made as system users without a home when missing.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-EXIM_DIR="${REPO_ROOT}/.peers/exim"
+PEERS="${REPO_ROOT}/.peers"
+EXIM_DIR="${PEERS}/exim"
 EXIM_ROOT="${EXIM_DIR}/root"
 EXIM_BIN="${EXIM_ROOT}/usr/sbin/exim4"
-# redis-tools holds the redis-server program without its service; chromium drives the status-page test.
-PACKAGES=(postfix swaks libmail-srs-perl postsrsd faketime libidn12 redis-tools chromium)
+PACKAGES=(swaks libmail-srs-perl faketime libidn12 redis-tools chromium)
 
 log() { printf 'install-peers: %s\n' "$*"; }
 
@@ -27,6 +39,27 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
+
+missing() { # package... : prints the ones not installed, one per line
+  local p status
+  for p in "$@"; do
+    status="$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)"
+    [ "$status" = "install ok installed" ] || echo "$p"
+  done
+}
+
+# Installs the packages not yet installed, and nothing else: --no-upgrade, so an installed library (libssl3,
+# libsystemd0) is never replaced by a newer one; if a new package needs a newer version, apt fails loudly.
+install_missing() { # package...
+  local need
+  mapfile -t need < <(missing "$@")
+  [ "${#need[@]}" -gt 0 ] || return 0
+  apt_update_once
+  deny_daemon_starts
+  log "apt-get install ${need[*]}"
+  apt-get install -y --no-install-recommends --no-upgrade "${need[@]}"
+  restore_policy
+}
 
 installed() { # package... : all installed?
   local p status
@@ -62,101 +95,100 @@ restore_policy() {
 }
 trap restore_policy EXIT
 
-# Stops a daemon by the PID in its pid file (never by process name), if one is running.
-stop_by_pidfile() { # pidfile expected-exe
-  local pidfile="$1" exe="$2" pid
-  [ -s "$pidfile" ] || return 0
-  pid="$(tr -cd '0-9' < "$pidfile")"
-  [ -n "$pid" ] || return 0
-  if kill -0 "$pid" 2>/dev/null && [ "$(readlink -f "/proc/$pid/exe" 2>/dev/null || true)" = "$exe" ]; then
-    log "stopping $exe (pid $pid from $pidfile)"
-    kill "$pid"
-    for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$pid" 2>/dev/null || break; sleep 0.3; done
-    kill -0 "$pid" 2>/dev/null && kill -9 "$pid" || true
-  fi
-}
-
-# Under systemd, a started unit's main PID (policy-rc.d should have prevented the start).
-stop_systemd_unit_pid() { # unit
-  local unit="$1" pid
-  [ -d /run/systemd/system ] || return 0
-  command -v systemctl >/dev/null || return 0
-  pid="$(systemctl show -p MainPID --value "$unit" 2>/dev/null || echo 0)"
-  if [ -n "$pid" ] && [ "$pid" != "0" ] && kill -0 "$pid" 2>/dev/null; then
-    log "stopping $unit (main pid $pid)"
-    kill "$pid" || true
-  fi
-}
-
-# --- Debian packages -----------------------------------------------------------------------------------
+# --- Debian packages without a service -----------------------------------------------------------------
 if installed "${PACKAGES[@]}"; then
   log "packages already installed: ${PACKAGES[*]}"
 else
-  apt_update_once
-  # postfix: "No configuration" writes no main.cf, so its postinst has nothing to start.
-  if command -v debconf-set-selections >/dev/null; then
-    printf '%s\n' \
-      'postfix postfix/main_mailer_type select No configuration' \
-      'postfix postfix/mailname string localhost' \
-      'postsrsd postsrsd/domain string localhost' | debconf-set-selections
-  fi
-  deny_daemon_starts
-  log "apt-get install ${PACKAGES[*]}"
-  apt-get install -y --no-install-recommends "${PACKAGES[@]}"
-  restore_policy
+  install_missing "${PACKAGES[@]}"
 fi
 
-# Make sure no daemon from these packages was left running (Debian's postsrsd init script writes
-# /run/postsrsd.pid; postfix's master writes /var/spool/postfix/pid/master.pid).
-stop_by_pidfile /run/postsrsd.pid /usr/sbin/postsrsd
-stop_by_pidfile /var/run/postsrsd.pid /usr/sbin/postsrsd
-stop_by_pidfile /var/spool/postfix/pid/master.pid /usr/lib/postfix/sbin/master
-stop_systemd_unit_pid postsrsd.service
-stop_systemd_unit_pid postfix@-.service
-
-# --- exim, unpacked but not installed ------------------------------------------------------------------
-mkdir -p "$EXIM_DIR"
-if [ ! -x "$EXIM_BIN" ]; then
-  if ! ls "$EXIM_DIR"/exim4-daemon-light_*.deb >/dev/null 2>&1; then
+# --- Daemon packages, unpacked but not installed ---------------------------------------------------------
+# unpack PACKAGE DIR: downloads PACKAGE's .deb into DIR (once) and extracts it into DIR/root with dpkg -x (no
+# maintainer scripts, no users, no units, nothing in dpkg's database), then installs the shared libraries
+# it depends on (the lib* packages of its Depends; never the MTA, debconf or adduser parts).
+unpack() {
+  local pkg="$1" dir="$2" deb stamp
+  mkdir -p "$dir"
+  if ! ls "$dir/${pkg}"_*.deb >/dev/null 2>&1; then
     apt_update_once
-    log "apt-get download exim4-daemon-light into $EXIM_DIR"
+    log "apt-get download $pkg into $dir"
     # apt's _apt sandbox user may not be able to write here; as root the download still works.
-    (cd "$EXIM_DIR" && apt-get download exim4-daemon-light)
+    (cd "$dir" && apt-get download "$pkg")
   fi
-  DEB="$(ls -1 "$EXIM_DIR"/exim4-daemon-light_*.deb | sort -V | tail -n 1)"
-  log "dpkg -x $(basename "$DEB")"
-  rm -rf "$EXIM_ROOT"
-  dpkg -x "$DEB" "$EXIM_ROOT"
-  # Not setuid: run by a non-root user, the loader would ignore LD_PRELOAD (libfaketime) on a setuid binary.
-  chmod 0755 "$EXIM_BIN"
-fi
-DEB="$(ls -1 "$EXIM_DIR"/exim4-daemon-light_*.deb 2>/dev/null | sort -V | tail -n 1 || true)"
-
-# exim's shared libraries: its Depends minus exim4-base and debconf (which would pull in the MTA).
-if [ -n "$DEB" ]; then
-  mapfile -t EXIM_LIBS < <(dpkg-deb -f "$DEB" Depends | tr ',' '\n' | sed -e 's/|.*//' -e 's/(.*)//' -e 's/[[:space:]]//g' \
-    | grep -v -e '^$' -e '^exim4' -e '^debconf')
-  if ! installed "${EXIM_LIBS[@]}"; then
-    apt_update_once
-    log "apt-get install exim's libraries: ${EXIM_LIBS[*]}"
-    deny_daemon_starts
-    apt-get install -y --no-install-recommends "${EXIM_LIBS[@]}"
-    restore_policy
+  deb="$(ls -1 "$dir/${pkg}"_*.deb | sort -V | tail -n 1)"
+  stamp="$dir/root/.unpacked-$(basename "$deb")"
+  if [ ! -e "$stamp" ]; then
+    log "dpkg -x $(basename "$deb")"
+    rm -rf "$dir/root"
+    dpkg -x "$deb" "$dir/root"
+    touch "$stamp"
   fi
-fi
+  local libs
+  mapfile -t libs < <(dpkg-deb -f "$deb" Depends | tr ',' '\n' | sed -e 's/|.*//' -e 's/(.*)//' -e 's/:any//' \
+    -e 's/[[:space:]]//g' | grep '^lib' || true)
+  [ "${#libs[@]}" -eq 0 ] || install_missing "${libs[@]}"
+}
 
-# exim has its user compiled in and refuses to run without it.
+unpack exim4-daemon-light "$EXIM_DIR"
+# Not setuid: run by a non-root user, the loader would ignore LD_PRELOAD (libfaketime) on a setuid binary.
+chmod 0755 "$EXIM_BIN"
+unpack postfix "${PEERS}/postfix"
+unpack postsrsd "${PEERS}/postsrsd"
+unpack haproxy "${PEERS}/haproxy"
+
+# Wrappers in .peers/bin: `exec`, so the process keeps the wrapper's PID. Postfix's programs look for their
+# own libraries in /usr/lib/postfix (their RUNPATH); LD_LIBRARY_PATH, searched first, points them here.
+mkdir -p "${PEERS}/bin"
+wrap() { # name binary [library-dir]
+  local name="$1" bin="$2" libdir="${3:-}" out="${PEERS}/bin/$1"
+  {
+    echo '#!/bin/sh'
+    echo "# from scripts/install-peers.sh: runs the unpacked $name"
+    if [ -n "$libdir" ]; then
+      echo "LD_LIBRARY_PATH=\"$libdir\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}\" exec \"$bin\" \"\$@\""
+    else
+      echo "exec \"$bin\" \"\$@\""
+    fi
+  } > "$out"
+  chmod 0755 "$out"
+}
+PF="${PEERS}/postfix/root"
+wrap smtp-sink "$PF/usr/sbin/smtp-sink" "$PF/usr/lib/postfix"
+wrap smtp-source "$PF/usr/sbin/smtp-source" "$PF/usr/lib/postfix"
+wrap postfix "$PF/usr/sbin/postfix" "$PF/usr/lib/postfix"
+wrap postsrsd "${PEERS}/postsrsd/root/usr/sbin/postsrsd"
+wrap exim4 "$EXIM_BIN"
+wrap haproxy "${PEERS}/haproxy/root/usr/sbin/haproxy"
+
+# exim has its user compiled in and refuses to run without it; a Postfix instance needs its mail_owner
+# and setgid_group (test/helpers/postfix-mta.ts uses these names).
 if ! getent passwd Debian-exim >/dev/null; then
   log "useradd Debian-exim"
   useradd --system --no-create-home --shell /usr/sbin/nologin Debian-exim
 fi
+if ! getent group postdrop >/dev/null; then
+  log "groupadd postdrop"
+  groupadd --system postdrop
+fi
+if ! getent passwd postfix >/dev/null; then
+  log "useradd postfix"
+  if getent group postfix >/dev/null; then
+    useradd --system --no-create-home --shell /usr/sbin/nologin -g postfix postfix
+  else
+    useradd --system --no-create-home --shell /usr/sbin/nologin --user-group postfix
+  fi
+fi
 
 # --- Check ---------------------------------------------------------------------------------------------
-if ldd "$EXIM_BIN" | grep -q 'not found'; then
-  echo "install-peers: exim is missing libraries:" >&2
-  ldd "$EXIM_BIN" | grep 'not found' >&2
-  exit 1
-fi
+for prog in exim4 smtp-sink smtp-source postfix postsrsd haproxy; do
+  real="$(sed -n 's/.*exec "\([^"]*\)".*/\1/p' "${PEERS}/bin/$prog")"
+  missing="$(LD_LIBRARY_PATH="${PF}/usr/lib/postfix" ldd "$real" | grep 'not found' || true)"
+  if [ -n "$missing" ]; then
+    echo "install-peers: $prog ($real) is missing libraries:" >&2
+    echo "$missing" >&2
+    exit 1
+  fi
+done
 CONF="$(mktemp)"
 printf 'primary_hostname = test\n' > "$CONF"
 GOT="$(TZ=UTC faketime -f '2026-01-01 12:00:00' "$EXIM_BIN" -C "$CONF" -be '${prvs{user@example.com}{secret}{5}}' 2>&1 || true)"
@@ -166,5 +198,6 @@ if [ "$GOT" != 'prvs=5461cd18bc=user@example.com' ]; then
   exit 1
 fi
 perl -MMail::SRS -e 1
-/usr/sbin/postsrsd -v >/dev/null
-log "ok: exim from $(basename "$DEB"), Mail::SRS $(perl -MMail::SRS -e 'print $Mail::SRS::VERSION'), postsrsd $(/usr/sbin/postsrsd -v)"
+log "ok: $(cd "$PEERS" && ls -1 ./*/root/.unpacked-* | sed 's|.*/.unpacked-||' | tr '\n' ' ')"
+log "ok: Mail::SRS $(perl -MMail::SRS -e 'print $Mail::SRS::VERSION'), postsrsd $("${PEERS}/bin/postsrsd" -v), $("${PEERS}/bin/haproxy" -v | head -n 1)"
+log "nothing was installed as a service; the programs are in ${PEERS}/bin"

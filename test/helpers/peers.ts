@@ -23,12 +23,13 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Readable } from 'node:stream';
 import fc from 'fast-check';
+import { peerBinary } from './peer-bin.js';
 import { expect } from 'vitest';
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 export const DAY_MS = 86_400_000;
 const PERL_SCRIPT = join(REPO_ROOT, 'test/helpers/mailsrs.pl');
-const POSTSRSD_BIN = process.env.POSTSRSD_BIN ?? '/usr/sbin/postsrsd';
+const POSTSRSD_BIN = process.env.POSTSRSD_BIN ?? peerBinary('postsrsd', '/usr/sbin/postsrsd');
 
 /**
  * BATV_REQUIRE_PEERS=1 (set by .ci/run, where scripts/install-peers.sh installed them; CI=1 too): a

@@ -1,5 +1,5 @@
 /**
- * Postfix's own `smtp-sink` (/usr/sbin/smtp-sink) as a next hop: a second, independent SMTP implementation.
+ * Postfix's own `smtp-sink` (.peers/bin/smtp-sink from scripts/install-peers.sh, or /usr/sbin/smtp-sink) as a next hop: a second, independent SMTP implementation.
  * It needs an explicit port, so one below 32768 (outside the ephemeral range) is picked by trying to bind
  * it; as root it runs with `-u nobody`. Each transaction is dumped to a file (`-d`), parsed back here.
  *
@@ -15,8 +15,9 @@ import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } f
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { peerBinary } from './peer-bin.js';
 
-export const SMTP_SINK_PATH = '/usr/sbin/smtp-sink';
+export const SMTP_SINK_PATH = peerBinary('smtp-sink', '/usr/sbin/smtp-sink');
 
 /** One transaction as smtp-sink dumped it. */
 export interface PostfixDump {
