@@ -18,7 +18,9 @@
 #              postsrsd           .peers/postsrsd/root: postsrsd 1.10 (libsrs2 family, tcp_table)
 #              exim4-daemon-light .peers/exim/root: exim 4.96 (made non-setuid, so libfaketime preloads)
 #              haproxy            .peers/haproxy/root: HAProxy 2.6 in front of several proxies
-#   .peers/bin/  one small wrapper per program (smtp-sink, smtp-source, postfix, postsrsd, exim4, haproxy)
+#              prometheus         .peers/prometheus/root: only its promtool, to check contrib/'s alert rules
+#   .peers/bin/  one small wrapper per program (smtp-sink, smtp-source, postfix, postsrsd, exim4, haproxy,
+#                promtool)
 #                that execs the unpacked binary with its library path; the PID a test holds is the program's.
 #   users      Debian-exim (compiled into exim), postfix and group postdrop (Postfix's mail_owner and
 #              setgid_group), made as system users without a home when missing.
@@ -125,7 +127,7 @@ unpack() {
   fi
   local libs
   mapfile -t libs < <(dpkg-deb -f "$deb" Depends | tr ',' '\n' | sed -e 's/|.*//' -e 's/(.*)//' -e 's/:any//' \
-    -e 's/[[:space:]]//g' | grep '^lib' || true)
+    -e 's/[[:space:]]//g' | grep '^lib' | grep -v '^libjs-' || true) # libjs-*: prometheus's web UI, not needed
   [ "${#libs[@]}" -eq 0 ] || install_missing "${libs[@]}"
 }
 
@@ -135,6 +137,7 @@ chmod 0755 "$EXIM_BIN"
 unpack postfix "${PEERS}/postfix"
 unpack postsrsd "${PEERS}/postsrsd"
 unpack haproxy "${PEERS}/haproxy"
+unpack prometheus "${PEERS}/prometheus" # for promtool (checks contrib/'s alert rules); the server is not run
 
 # Wrappers in .peers/bin: `exec`, so the process keeps the wrapper's PID. Postfix's programs look for their
 # own libraries in /usr/lib/postfix (their RUNPATH); LD_LIBRARY_PATH, searched first, points them here.
@@ -159,6 +162,7 @@ wrap postfix "$PF/usr/sbin/postfix" "$PF/usr/lib/postfix"
 wrap postsrsd "${PEERS}/postsrsd/root/usr/sbin/postsrsd"
 wrap exim4 "$EXIM_BIN"
 wrap haproxy "${PEERS}/haproxy/root/usr/sbin/haproxy"
+wrap promtool "${PEERS}/prometheus/root/usr/bin/promtool"
 
 # exim has its user compiled in and refuses to run without it; a Postfix instance needs its mail_owner
 # and setgid_group (test/helpers/postfix-mta.ts uses these names).
@@ -180,9 +184,9 @@ if ! getent passwd postfix >/dev/null; then
 fi
 
 # --- Check ---------------------------------------------------------------------------------------------
-for prog in exim4 smtp-sink smtp-source postfix postsrsd haproxy; do
+for prog in exim4 smtp-sink smtp-source postfix postsrsd haproxy promtool; do
   real="$(sed -n 's/.*exec "\([^"]*\)".*/\1/p' "${PEERS}/bin/$prog")"
-  missing="$(LD_LIBRARY_PATH="${PF}/usr/lib/postfix" ldd "$real" | grep 'not found' || true)"
+  missing="$(LD_LIBRARY_PATH="${PF}/usr/lib/postfix" ldd "$real" 2>&1 | grep 'not found' || true)"
   if [ -n "$missing" ]; then
     echo "install-peers: $prog ($real) is missing libraries:" >&2
     echo "$missing" >&2

@@ -35,8 +35,8 @@ function aptFields(pkg: string): Record<string, string> {
 describe('install-peers.sh installs nothing that runs as a service', () => {
   it('the daemon packages are unpacked, not installed', () => {
     const installs = installList();
-    for (const daemon of ['postfix', 'postsrsd', 'haproxy', 'exim4-daemon-light', 'exim4', 'redis-server']) expect(installs).not.toContain(daemon);
-    expect(unpackList().sort()).toEqual(['exim4-daemon-light', 'haproxy', 'postfix', 'postsrsd']);
+    for (const daemon of ['postfix', 'postsrsd', 'haproxy', 'exim4-daemon-light', 'exim4', 'redis-server', 'prometheus']) expect(installs).not.toContain(daemon);
+    expect(unpackList().sort()).toEqual(['exim4-daemon-light', 'haproxy', 'postfix', 'postsrsd', 'prometheus']);
   });
 
   it('every apt-get install goes through install_missing, with --no-upgrade and without recommends', () => {
@@ -58,7 +58,7 @@ describe('install-peers.sh installs nothing that runs as a service', () => {
   });
 
   it.skipIf(!existsSync(path.join(REPO, '.peers/bin')))('each .peers/bin wrapper execs its unpacked program', () => {
-    for (const name of ['smtp-sink', 'smtp-source', 'postfix', 'postsrsd', 'exim4', 'haproxy']) {
+    for (const name of ['smtp-sink', 'smtp-source', 'postfix', 'postsrsd', 'exim4', 'haproxy', 'promtool']) {
       const text = readFileSync(path.join(REPO, '.peers/bin', name), 'utf8');
       const target = /exec "([^"]+)"/.exec(text)?.[1];
       expect(target, name).toBeDefined();
