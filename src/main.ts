@@ -2,6 +2,7 @@
  * Process entry: picks the verb, runs it, maps errors to exit codes. The only module that touches
  * process.* (argv, env, stdout); bin/batv-proxy.js calls main().
  */
+import { createRequire } from 'node:module';
 import { EXIT_REFUSED, EXIT_USAGE, parseVerbArgs, UsageError, type Io, type Verb } from './cli/args.js';
 import { sign, srsForwardVerb, srsReverseVerb, verify } from './cli/tags.js';
 import { keysVerb } from './cli/keys.js';
@@ -14,8 +15,11 @@ const VERBS: readonly Verb[] = [
   serveVerb, sign, verify, srsForwardVerb, srsReverseVerb, keysVerb, explainVerb, checkConfigVerb, doctorVerb, hashPasswordVerb, sendTestVerb,
 ];
 
+/** package.json's version (src/ and dist/ both sit beside it). */
+const VERSION = (createRequire(import.meta.url)('../package.json') as { version: string }).version;
+
 function usage(): string {
-  return `Usage: batv-proxy <verb> [options]\n\n${VERBS.map((v) => `  ${v.synopsis}`).join('\n')}\n\nbatv-proxy <verb> --help for more.\n`;
+  return `Usage: batv-proxy <verb> [options]\n\n${VERBS.map((v) => `  ${v.synopsis}`).join('\n')}\n\nbatv-proxy <verb> --help for more; batv-proxy --version.\n`;
 }
 
 export const processIo: Io = {
@@ -37,6 +41,10 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
   if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
     (name === undefined ? io.err : io.out)(usage());
     return name === undefined ? EXIT_USAGE : 0;
+  }
+  if (name === '--version' || name === '-V' || name === 'version') {
+    io.out(`batv-proxy ${VERSION}\n`);
+    return 0;
   }
   const verb = VERBS.find((v) => v.name === name);
   if (!verb) {

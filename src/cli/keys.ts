@@ -13,7 +13,7 @@ import { MS_PER_DAY } from '../clock.js';
 import { BATV_DEFAULT_MAX_AGE_DAYS } from '../tags/batv.js';
 import { utf8 } from '../tags/hmac.js';
 import { SRS_DEFAULTS } from '../tags/srs.js';
-import { EXIT_OK, EXIT_REFUSED, intFlag, nowFrom, UsageError, type Io, type Verb } from './args.js';
+import { columns, EXIT_OK, EXIT_REFUSED, intFlag, nowFrom, UsageError, type Io, type Verb } from './args.js';
 
 async function dirAndAges(values: Record<string, unknown>, io: Io): Promise<{ dir: string; verifyDays: number }> {
   const config = await configFor(values, io);
@@ -87,7 +87,7 @@ export const keysVerb: Verb = {
           const sorted = [...keys].sort((a, b) => ORDER[a.status] - ORDER[b.status] || a.num - b.num);
           const rows = [['num', 'created', 'age', 'role', 'thumbprint']];
           for (const k of sorted) rows.push(await describe(k, now, verifyDays));
-          io.out(rows.map((r) => `${r.join('\t')}\n`).join(''));
+          io.out(columns(rows));
           return EXIT_OK;
         }, io);
       case 'rotate':

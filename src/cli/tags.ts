@@ -6,7 +6,7 @@
 import { BATV_DEFAULT_MAX_AGE_DAYS, batvSign, batvVerify } from '../tags/batv.js';
 import { utf8 } from '../tags/hmac.js';
 import { makeKeyring, tagKey, type TagKey, type TagKeyring } from '../tags/keyring.js';
-import { parseMailbox } from '../tags/address.js';
+import { lowerAscii, parseMailbox } from '../tags/address.js';
 import { SRS_DEFAULTS, srsForward, srsReverse, type SrsOptions, type SrsSeparator } from '../tags/srs.js';
 import { type Config } from '../config.js';
 import { loadConfig } from '../config/load.js';
@@ -76,7 +76,7 @@ function anyNumber(secrets: string[], ring: TagKeyring): (num: number) => TagKey
 
 export const sign: Verb = {
   name: 'sign',
-  synopsis: 'batv-proxy sign ADDRESS [--secret S] [--keynum K] [--now ISO8601] [--dir DIR]',
+  synopsis: 'batv-proxy sign ADDRESS [--secret S] [--keynum K] [--now ISO8601] [--dir DIR] [--config FILE]',
   help: 'Prints ADDRESS with a BATV prvs= tag, byte-identical to exim\'s ${prvs}. K defaults to 0 with --secret and to the\nactive key\'s number with the keyring. An address already carrying a prvs= tag is printed unchanged.',
   options: { ...keyringFlags, keynum: { type: 'string' } },
   positionals: { min: 1, max: 1 },
@@ -94,7 +94,7 @@ export const sign: Verb = {
 
 export const verify: Verb = {
   name: 'verify',
-  synopsis: 'batv-proxy verify ADDRESS [--secret S] [--max-age DAYS] [--now ISO8601] [--dir DIR]',
+  synopsis: 'batv-proxy verify ADDRESS [--secret S] [--max-age DAYS] [--now ISO8601] [--dir DIR] [--config FILE]',
   help: 'Checks a BATV prvs= address and prints the untagged address. Valid for ages 0..DAYS (default 7) by the\ndraft\'s mod-1000 rule; hex is compared case-insensitively.',
   options: { ...keyringFlags, 'max-age': { type: 'string' } },
   positionals: { min: 1, max: 1 },
@@ -130,11 +130,16 @@ const srsFlags = {
   'always-rewrite': { type: 'boolean' },
 } as const;
 
-async function srsOptions(values: Record<string, unknown>, io: Io): Promise<SrsOptions> {
+/**
+ * The SRS options from the flags, else the config's srs section, else the defaults. Forwarding needs the SRS
+ * domain; reversing does not (the libsrs2 family reverses any SRS address whose hash verifies), so there
+ * `domain` is "" when neither --srs-domain nor a config gives one.
+ */
+async function srsOptions(values: Record<string, unknown>, io: Io, need: 'domain' | 'no-domain'): Promise<SrsOptions> {
   const config = strings(values.secret).length ? null : await configFor(values, io);
   const base = config?.srs;
-  const domain = (values['srs-domain'] as string | undefined) ?? base?.domain ?? undefined;
-  if (!domain) throw new UsageError('--srs-domain: required (the forwarder domain written after "@")');
+  const domain = (values['srs-domain'] as string | undefined) ?? base?.domain ?? '';
+  if (!domain && need === 'domain') throw new UsageError('--srs-domain: required (the forwarder domain written after "@")');
   const sep = (values.separator as string | undefined) ?? base?.separator ?? SRS_DEFAULTS.separator;
   if (sep !== '=' && sep !== '+' && sep !== '-') throw new UsageError(`--separator: "${sep}" must be one of =, +, -`);
   const alphabet = (values.alphabet as string | undefined) ?? base?.alphabet ?? SRS_DEFAULTS.alphabet;
@@ -155,12 +160,12 @@ async function srsOptions(values: Record<string, unknown>, io: Io): Promise<SrsO
 
 export const srsForwardVerb: Verb = {
   name: 'srs-forward',
-  synopsis: 'batv-proxy srs-forward ADDRESS --srs-domain D [--secret S]... [--separator =|+|-] [--hash-length N] [--hash-min N] [--max-age DAYS] [--alphabet base64|base64url] [--now ISO8601]',
+  synopsis: 'batv-proxy srs-forward ADDRESS --srs-domain D [--secret S]... [--separator =|+|-] [--hash-length N] [--hash-min N] [--max-age DAYS] [--alphabet base64|base64url] [--now ISO8601] [--config FILE]',
   help: 'Rewrites a sender as SRS0 (or SRS1 for an SRS address) under the SRS domain, as libsrs2, postsrsd 1.x and\nMail::SRS do. The first --secret signs. A sender already in the SRS domain is printed unchanged.',
   options: srsFlags,
   positionals: { min: 1, max: 1 },
   async run(values, [address], io) {
-    const opts = await srsOptions(values, io);
+    const opts = await srsOptions(values, io, 'domain');
     const now = nowFrom(values, io);
     const ring = await keyringFrom(values, io, now);
     if (!checkAddress(address!, 'rewrite', io)) return EXIT_REFUSED;
@@ -173,13 +178,18 @@ export const srsForwardVerb: Verb = {
 
 export const srsReverseVerb: Verb = {
   name: 'srs-reverse',
-  synopsis: 'batv-proxy srs-reverse ADDRESS --srs-domain D [--secret S]... [--hash-length N] [--hash-min N] [--max-age DAYS] [--now ISO8601]',
-  help: 'Reverses an SRS0 address to the original sender, or an SRS1 address to the SRS0 address at its first\nforwarder. Every --secret verifies; hashes compare case-insensitively and base64url equals base64.',
+  synopsis: 'batv-proxy srs-reverse ADDRESS [--srs-domain D] [--secret S]... [--hash-length N] [--hash-min N] [--max-age DAYS] [--now ISO8601] [--config FILE]',
+  help: 'Reverses an SRS0 address to the original sender, or an SRS1 address to the SRS0 address at its first\nforwarder. Every --secret verifies; hashes compare case-insensitively and base64url equals base64.\nThe domain after "@" is checked only when --srs-domain (or the config\'s srs.domain) gives one.',
   options: srsFlags,
   positionals: { min: 1, max: 1 },
   async run(values, [address], io) {
-    const opts = await srsOptions(values, io);
+    const opts = await srsOptions(values, io, 'no-domain');
     const now = nowFrom(values, io);
+    const at = address!.lastIndexOf('@');
+    if (opts.domain && (at < 0 || lowerAscii(address!.slice(at + 1)) !== lowerAscii(opts.domain))) {
+      io.err(`Cannot reverse "${address}": not in the SRS domain ${opts.domain}\n`);
+      return EXIT_REFUSED;
+    }
     const r = srsReverse(address!, await keyringFrom(values, io, now), opts, now);
     if (r.kind === 'valid') { io.out(`${r.original}\n`); return EXIT_OK; }
     io.err(`Cannot reverse "${address}": ${r.kind === 'not-tagged' ? 'not an SRS address' : r.message}\n`);

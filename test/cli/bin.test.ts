@@ -58,6 +58,13 @@ describe('bin/batv-proxy.js', () => {
     expect(r).toEqual({ code: 0, out: 'prvs=5461cd18bc=user@example.com\n', err: '' });
   });
 
+  it('--version prints the package version and exits 0; sign --help lists --config', async () => {
+    const version = (JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { version: string }).version;
+    expect(await cli(['--version'], tmp)).toEqual({ code: 0, out: `batv-proxy ${version}\n`, err: '' });
+    const help = await cli(['sign', '--help'], tmp);
+    expect(help.out.split('\n')[0]).toBe('Usage: batv-proxy sign ADDRESS [--secret S] [--keynum K] [--now ISO8601] [--dir DIR] [--config FILE]');
+  });
+
   it('exits 1 for a refused address and 2 for a usage error, with nothing on stdout', async () => {
     const [refused, usage] = await Promise.all([
       cli(['sign', '<>', '--secret', 'secret'], tmp),

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { calculateJwkThumbprint } from 'jose';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { main } from '../../src/main.js';
-import type { Io } from '../../src/cli/args.js';
+import { columns, type Io } from '../../src/cli/args.js';
 
 interface Run {
   code: number;
@@ -58,6 +58,10 @@ beforeEach(() => {
 });
 afterEach(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
+/** keys list's table: the header and rows as aligned columns (src/cli/args.ts columns). */
+const HEAD = ['num', 'created', 'age', 'role', 'thumbprint'];
+const cols = (...rows: string[][]): string => columns(rows);
+
 describe('keys init', () => {
   it('creates <dir>/keyring.json mode 0600 in a 0700 directory, a JWK Set with one oct key "0" and a 43-character printable secret', async () => {
     const r = await run(['keys', 'init', '--dir', dir, '--now', '2026-01-01T00:00:00Z']);
@@ -102,9 +106,18 @@ describe('keys list', () => {
     await run(['keys', 'init', '--dir', dir, '--now', '2026-01-01T00:00:00Z']);
     const key = readSet().keys[0]!;
     const r = await run(['keys', 'list', '--dir', dir, '--now', '2026-01-03T00:00:00Z']);
-    expect(r).toEqual({ code: 0, out: `num\tcreated\tage\trole\tthumbprint\n0\t2026-01-01T00:00:00.000Z\t2d\tactive (signs)\t${await tp(key)}\n`, err: '' });
+    expect(r).toEqual({ code: 0, out: cols(HEAD, ['0', '2026-01-01T00:00:00.000Z', '2d', 'active (signs)', await tp(key)]), err: '' });
     expect(printed.includes(secretText(key))).toBe(false);
     expect(printed.includes(key.k)).toBe(false);
+  });
+
+  it('lines its columns up: each column starts at the same place on every line', async () => {
+    await run(['keys', 'init', '--dir', dir, '--now', '2026-01-01T00:00:00Z']);
+    await run(['keys', 'rotate', '--dir', dir, '--now', '2026-01-05T00:00:00Z', '--activate-at', '2026-01-06T06:00:00Z']);
+    const lines = (await run(['keys', 'list', '--dir', dir, '--now', '2026-01-05T00:00:00Z'])).out.split('\n');
+    expect(lines[0]).toBe('num  created                   age  role                                            thumbprint');
+    expect(lines[1]).toMatch(/^0    2026-01-01T00:00:00\.000Z  4d   active \(signs\)                                  [A-Za-z0-9_-]{43}$/);
+    expect(lines[2]).toMatch(/^1    2026-01-05T00:00:00\.000Z  0d   scheduled, signs from 2026-01-06T06:00:00\.000Z  [A-Za-z0-9_-]{43}$/);
   });
 
   it('refuses a keyring readable by others (chmod 0644) with exit 1 and the chmod 600 fix', async () => {
@@ -126,7 +139,7 @@ describe('keys list', () => {
     await run(['keys', 'init', '--dir', dir, '--now', '2026-01-01T00:00:00Z']);
     const key = readSet().keys[0]!;
     const r = await run(['keys', 'list', '--now', '2026-01-01T00:00:00Z'], { BATV_PROXY_KEYS__DIR: dir });
-    expect(r).toEqual({ code: 0, out: `num\tcreated\tage\trole\tthumbprint\n0\t2026-01-01T00:00:00.000Z\t0d\tactive (signs)\t${await tp(key)}\n`, err: '' });
+    expect(r).toEqual({ code: 0, out: cols(HEAD, ['0', '2026-01-01T00:00:00.000Z', '0d', 'active (signs)', await tp(key)]), err: '' });
   });
 });
 
@@ -143,14 +156,12 @@ describe('keys rotate --activate-at (a schedule every replica follows)', () => {
     });
     expect(r).toEqual({ code: 0, out: `Key 1 (${await tp(k1)}) verifies from now on and signs from 2026-01-06T06:00:00.000Z; copy ${file} to every replica before then\n`, err: '' });
     expect((await run(['keys', 'list', '--dir', dir, '--now', '2026-01-06T05:59:59Z'])).out).toBe(
-      'num\tcreated\tage\trole\tthumbprint\n'
-      + `0\t2026-01-01T00:00:00.000Z\t5d\tactive (signs)\t${await tp(k0)}\n`
-      + `1\t2026-01-05T00:00:00.000Z\t1d\tscheduled, signs from 2026-01-06T06:00:00.000Z\t${await tp(k1)}\n`,
+      cols(HEAD, ['0', '2026-01-01T00:00:00.000Z', '5d', 'active (signs)', await tp(k0)],
+        ['1', '2026-01-05T00:00:00.000Z', '1d', 'scheduled, signs from 2026-01-06T06:00:00.000Z', await tp(k1)]),
     );
     expect((await run(['keys', 'list', '--dir', dir, '--now', '2026-01-06T06:00:00Z'])).out).toBe(
-      'num\tcreated\tage\trole\tthumbprint\n'
-      + `1\t2026-01-05T00:00:00.000Z\t1d\tactive (signs)\t${await tp(k1)}\n`
-      + `0\t2026-01-01T00:00:00.000Z\t5d\tverify-only, retire after 2026-01-28\t${await tp(k0)}\n`,
+      cols(HEAD, ['1', '2026-01-05T00:00:00.000Z', '1d', 'active (signs)', await tp(k1)],
+        ['0', '2026-01-01T00:00:00.000Z', '5d', 'verify-only, retire after 2026-01-28', await tp(k0)]),
     );
     // sign picks the key by --now: key 0 before the instant, key 1 from it.
     expect((await run(['sign', 'user@example.com', '--dir', dir, '--now', '2026-01-06T05:59:59Z'])).out).toMatch(/^prvs=0\d{3}[0-9a-f]{6}=user@example\.com\n$/);
@@ -211,9 +222,8 @@ describe('keys rotate and retire', () => {
     });
     const list = await run(['keys', 'list', '--dir', dir, '--now', '2026-01-05T00:00:00Z']);
     expect(list.out).toBe(
-      'num\tcreated\tage\trole\tthumbprint\n'
-      + `1\t2026-01-05T00:00:00.000Z\t0d\tactive (signs)\t${await tp(k1)}\n`
-      + `0\t2026-01-01T00:00:00.000Z\t4d\tverify-only, retire after 2026-01-27\t${await tp(k0)}\n`,
+      cols(HEAD, ['1', '2026-01-05T00:00:00.000Z', '0d', 'active (signs)', await tp(k1)],
+        ['0', '2026-01-01T00:00:00.000Z', '4d', 'verify-only, retire after 2026-01-27', await tp(k0)]),
     );
     for (const k of [k0, k1]) expect(printed.includes(secretText(k))).toBe(false);
   });

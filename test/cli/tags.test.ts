@@ -228,6 +228,18 @@ describe('srs-forward and srs-reverse (postsrsd vectors, STYLE.md §3.4)', () =>
     expect(r).toEqual({ code: 0, out: 'test@otherdomain.com\n', err: '' });
   });
 
+  it('srs-reverse needs no --srs-domain (it reverses any SRS address whose hash verifies); given one, it checks the domain', async () => {
+    const address = 'SRS0=XjO9=2V=otherdomain.com=test@example.com';
+    const at = ['--secret', 'tops3cr3t', '--now', '2020-01-01T00:01:00Z'];
+    expect(await run(['srs-reverse', address, ...at])).toEqual({ code: 0, out: 'test@otherdomain.com\n', err: '' });
+    expect(await run(['srs-reverse', 'srs0=XjO9=2V=otherdomain.com=test@EXAMPLE.com', '--srs-domain', 'Example.COM', ...at])).toEqual({ code: 0, out: 'test@otherdomain.com\n', err: '' });
+    expect(await run(['srs-reverse', address, '--srs-domain', 'fwd.example.net', ...at]))
+      .toEqual({ code: 1, out: '', err: `Cannot reverse "${address}": not in the SRS domain fwd.example.net\n` });
+    // srs-forward still needs it: it writes the domain.
+    const fwd = await run(['srs-forward', 'test@otherdomain.com', ...at]);
+    expect({ code: fwd.code, first: fwd.err.split('\n')[0] }).toEqual({ code: 2, first: 'batv-proxy srs-forward: --srs-domain: required (the forwarder domain written after "@")' });
+  });
+
   it('verifies with the eleventh of eleven --secret values (postsrsd keeps any number of secrets)', async () => {
     const secrets = Array.from({ length: 10 }, (_, i) => ['--secret', `old-${i}`]).flat();
     const r = await run(['srs-reverse', 'SRS0=XjO9=2V=otherdomain.com=test@example.com', '--srs-domain', 'example.com', ...secrets, '--secret', 'tops3cr3t', '--now', '2020-01-01T00:01:00Z']);

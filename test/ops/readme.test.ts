@@ -255,12 +255,12 @@ describe('README: every ```sh block, run against `npm start`', () => {
     expect(r.code).toBe(0);
     expect(r.stderr).toBe('');
     const lines = r.stdout.split('\n');
-    expect(lines[0]).toBe('num\tcreated\tage\trole\tthumbprint');
-    expect(lines[1]).toMatch(/^0\t\S+\t0d\tactive \(signs\)\t[A-Za-z0-9_-]{43}$/);
+    expect(lines[0]).toBe('num  created                   age  role            thumbprint');
+    expect(lines[1]).toMatch(/^0    \S{24}  0d   active \(signs\)  [A-Za-z0-9_-]{43}$/);
     expect(lines[2]).toMatch(/^Key 1 \([A-Za-z0-9_-]{43}\) signs from now on; older keys keep verifying for 22 days, then "keys retire" removes them$/);
-    expect(lines[3]).toBe('num\tcreated\tage\trole\tthumbprint');
-    expect(lines[4]).toMatch(/^1\t\S+\t0d\tactive \(signs\)\t[A-Za-z0-9_-]{43}$/);
-    expect(lines[5]).toMatch(/^0\t\S+\t0d\tverify-only, retire after \d{4}-\d\d-\d\d\t[A-Za-z0-9_-]{43}$/);
+    expect(lines[3]).toBe('num  created                   age  role                                  thumbprint');
+    expect(lines[4]).toMatch(/^1    \S{24}  0d   active \(signs\)                        [A-Za-z0-9_-]{43}$/);
+    expect(lines[5]).toMatch(/^0    \S{24}  0d   verify-only, retire after \d{4}-\d\d-\d\d  [A-Za-z0-9_-]{43}$/);
     expect(lines.length).toBe(7);
 
     // "the running proxy notices the change to the key files by itself"
