@@ -18,13 +18,13 @@
  *   await pf.waitForEmptyQueue();
  *   await pf.stop();
  */
-import { execFile, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import type { PeerCheck } from './peers.js';
-import { freePort, REPO } from './proc.js';
+import { freePort, REPO, run } from './proc.js';
 import { talk } from './talk.js';
 
 /** The unpacked Postfix tree (POSTFIX_ROOT overrides, e.g. for a copy elsewhere). */
@@ -41,7 +41,7 @@ function env(): Record<string, string> {
 
 let checked: PeerCheck | undefined;
 
-/** Whether the unpacked Postfix is there and runs (`postconf -d mail_version` says 3.x), and we are root. */
+/** Whether the unpacked Postfix is there and runs (`postconf -c EMPTY -d mail_version` says 3.x), and we are root. */
 export function checkPostfixMta(): PeerCheck {
   if (checked) return checked;
   const postconf = path.join(SBIN, 'postconf');
@@ -49,7 +49,12 @@ export function checkPostfixMta(): PeerCheck {
     return (checked = { available: false, reason: `unpacked Postfix not found under ${POSTFIX_ROOT}` });
   }
   if (process.getuid?.() !== 0) return (checked = { available: false, reason: 'a Postfix instance must be started as root' });
-  const r = spawnSync(postconf, ['-d', 'mail_version'], { env: env(), timeout: 10_000, encoding: 'utf8' });
+  // an empty config dir of its own: without -c, postconf would read the machine's /etc/postfix
+  const probe = mkdtempSync(path.join(os.tmpdir(), 'postfix-probe-'));
+  writeFileSync(path.join(probe, 'main.cf'), '');
+  writeFileSync(path.join(probe, 'master.cf'), '');
+  const r = spawnSync(postconf, ['-c', probe, '-d', 'mail_version'], { env: env(), timeout: 10_000, encoding: 'utf8' });
+  rmSync(probe, { recursive: true, force: true });
   const out = (r.stdout ?? '').trim();
   checked = /^mail_version = 3\./.test(out)
     ? { available: true, reason: out }
@@ -119,7 +124,9 @@ export interface PostfixMta {
   flush(): Promise<void>;
   /** `postqueue -j`. */
   queue(): Promise<PostfixQueueEntry[]>;
-  /** Resolves once `postqueue -j` lists nothing; rejects with the queue after `timeoutMs`. */
+  /** Resolves with `postqueue -j`'s list once `match` accepts it; rejects with the queue after `timeoutMs`. */
+  waitForQueue(match: (q: PostfixQueueEntry[]) => boolean, timeoutMs?: number): Promise<PostfixQueueEntry[]>;
+  /** Resolves once `postqueue -j` lists nothing. */
   waitForEmptyQueue(timeoutMs?: number): Promise<void>;
   /** Every maillog line so far. */
   maillog(): string[];
@@ -133,13 +140,8 @@ export interface PostfixMta {
   stop(): Promise<void>;
 }
 
-function run(cmd: string, args: readonly string[], timeoutMs = 30_000): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(cmd, [...args], { env: env(), timeout: timeoutMs, maxBuffer: 16 * 1024 * 1024 }, (err, stdout, stderr) => {
-      const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : -1) : 0;
-      resolve({ code, stdout: String(stdout), stderr: String(stderr) });
-    });
-  });
+function pfRun(cmd: string, args: readonly string[], timeoutMs = 30_000): ReturnType<typeof run> {
+  return run(cmd, args, { env: env(), timeoutMs });
 }
 
 const alive = (pid: number): boolean => {
@@ -283,7 +285,7 @@ export async function startPostfixMta(o: PostfixMtaOptions = {}): Promise<Postfi
   for (let attempt = 0; attempt < 5 && masterPid === 0; attempt++) {
     port = await freePort();
     writeFileSync(path.join(configDir, 'master.cf'), masterCf(port));
-    const r = await run(postfix, ['-c', configDir, 'start']);
+    const r = await pfRun(postfix, ['-c', configDir, 'start']);
     let pid = 0;
     try {
       pid = Number(readFileSync(path.join(dir, 'queue/pid/master.pid'), 'latin1').trim());
@@ -302,7 +304,7 @@ export async function startPostfixMta(o: PostfixMtaOptions = {}): Promise<Postfi
       break;
     }
     lastError = `Postfix did not greet on 127.0.0.1:${port}\n${readLog().slice(-15).join('\n')}`;
-    await run(postfix, ['-c', configDir, 'stop'], 15_000);
+    await pfRun(postfix, ['-c', configDir, 'stop'], 15_000);
     if (alive(pid)) process.kill(pid, 'SIGKILL');
   }
   if (masterPid === 0) {
@@ -312,9 +314,18 @@ export async function startPostfixMta(o: PostfixMtaOptions = {}): Promise<Postfi
 
   const postqueue = path.join(SBIN, 'postqueue');
   const queue = async (): Promise<PostfixQueueEntry[]> => {
-    const r = await run(postqueue, ['-c', configDir, '-j']);
+    const r = await pfRun(postqueue, ['-c', configDir, '-j']);
     if (r.code !== 0) throw new Error(`postqueue -j exited ${r.code}: ${r.stderr}`);
     return r.stdout.split('\n').filter((l) => l.trim() !== '').map((l) => JSON.parse(l) as PostfixQueueEntry);
+  };
+  const waitForQueue = async (match: (q: PostfixQueueEntry[]) => boolean, timeoutMs = 30_000): Promise<PostfixQueueEntry[]> => {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const q = await queue();
+      if (match(q)) return q;
+      if (Date.now() > deadline) throw new Error(`Postfix queue not as awaited after ${timeoutMs} ms: ${JSON.stringify(q)}`);
+      await sleep(200);
+    }
   };
   const waitForLog = async (match: (line: string) => boolean, timeoutMs = 30_000): Promise<string> => {
     const deadline = Date.now() + timeoutMs;
@@ -355,18 +366,13 @@ export async function startPostfixMta(o: PostfixMtaOptions = {}): Promise<Postfi
       }
     },
     async flush() {
-      const r = await run(postqueue, ['-c', configDir, '-f']);
+      const r = await pfRun(postqueue, ['-c', configDir, '-f']);
       if (r.code !== 0) throw new Error(`postqueue -f exited ${r.code}: ${r.stderr}`);
     },
     queue,
+    waitForQueue,
     async waitForEmptyQueue(timeoutMs = 30_000) {
-      const deadline = Date.now() + timeoutMs;
-      for (;;) {
-        const q = await queue();
-        if (q.length === 0) return;
-        if (Date.now() > deadline) throw new Error(`Postfix queue not empty after ${timeoutMs} ms: ${JSON.stringify(q)}`);
-        await sleep(200);
-      }
+      await waitForQueue((q) => q.length === 0, timeoutMs);
     },
     maillog: readLog,
     waitForLog,
@@ -384,7 +390,7 @@ export async function startPostfixMta(o: PostfixMtaOptions = {}): Promise<Postfi
     async stop() {
       if (stopped) return;
       stopped = true;
-      await run(postfix, ['-c', configDir, 'stop'], 20_000);
+      await pfRun(postfix, ['-c', configDir, 'stop'], 20_000);
       const deadline = Date.now() + 5000;
       while (alive(masterPid) && Date.now() < deadline) await sleep(50);
       if (alive(masterPid)) process.kill(masterPid, 'SIGKILL');
