@@ -22,6 +22,8 @@ import { statusReport, type StatusSource } from './status/report.js';
 
 export interface MetricsServer {
   readonly address: { host: string; port: number };
+  /** Whether anything has asked /readyz since the start (a load balancer or orchestrator is probing). */
+  readonly readinessProbed: boolean;
   close(): Promise<void>;
 }
 
@@ -65,6 +67,7 @@ export async function startMetricsServer(listen: string, metrics: Metrics, ready
   const status = opts.status;
   const access = opts.access;
   const probe = cachedProbe(ready, clock, opts.probeCacheMs ?? 5000);
+  let probed = false;
   const assets: Record<string, Asset> = status ? {
     '/': { type: 'text/html; charset=utf-8', body: PAGE_HTML },
     '/index.html': { type: 'text/html; charset=utf-8', body: PAGE_HTML },
@@ -100,6 +103,7 @@ export async function startMetricsServer(listen: string, metrics: Metrics, ready
       res.writeHead(200, { 'content-type': 'text/plain' });
       res.end('ok\n');
     } else if (url === '/readyz') {
+      probed = true;
       ready().then((problems) => {
         res.writeHead(problems.length ? 503 : 200, { 'content-type': 'text/plain' });
         res.end(problems.length ? `${problems.join('\n')}\n` : ['ready', ...(opts.readyDetail?.() ?? [])].join('\n') + '\n'); // issue 12: readyDetail
@@ -132,6 +136,7 @@ export async function startMetricsServer(listen: string, metrics: Metrics, ready
   const a = server.address() as AddressInfo;
   return {
     address: { host: a.address, port: a.port },
+    get readinessProbed() { return probed; },
     close: () => new Promise<void>((r) => {
       if (sampler) clearInterval(sampler);
       server.closeAllConnections();

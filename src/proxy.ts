@@ -63,6 +63,13 @@ export interface Proxy {
    * is valid. @throws ReloadRefused listing every problem (the running snapshot stays).
    */
   reload(config?: Config): Promise<ReloadResult>;
+  /**
+   * From now on /readyz answers 503 "draining" (a load balancer stops sending new connections here)
+   * while the listeners keep accepting and serving as before; close() ends it.
+   */
+  drain(): void;
+  /** Whether anything has asked /readyz since the start (false without a metrics listener). */
+  readinessProbed(): boolean;
   /** Stops accepting, lets transactions finish within `graceMs`, then closes everything. */
   close(graceMs?: number): Promise<void>;
 }
@@ -176,8 +183,11 @@ export async function startProxy(initial: Config, opts: ProxyOptions = {}): Prom
   }
 
   let metricsServer: MetricsServer | null = null;
+  /** Set by drain(): readiness fails at once, without probing the next hops. */
+  let draining = false;
   if (initial.metrics.listen) {
     metricsServer = await startMetricsServer(initial.metrics.listen, metrics, async () => {
+      if (draining) return ['draining'];
       const problems: string[] = [];
       const { keyring, hops } = rt;
       if (!keyring) problems.push('no signing key');
@@ -251,6 +261,8 @@ export async function startProxy(initial: Config, opts: ProxyOptions = {}): Prom
     metrics,
     pool,
     state: () => rt,
+    drain() { draining = true; },
+    readinessProbed: () => metricsServer?.readinessProbed ?? false,
     reload(next?: Config): Promise<ReloadResult> {
       // One reload at a time (SIGHUP and the key-directory watcher may fire together).
       const run = reloading.then(() => reloadNow(next));
@@ -260,6 +272,7 @@ export async function startProxy(initial: Config, opts: ProxyOptions = {}): Prom
     async close(graceMs = 10_000) {
       // Stop listening; a connection between transactions is told 421 at once, one in the middle of a
       // transaction may finish it (within graceMs) and is then told 421 too.
+      draining = true;
       const reply = replies.shuttingDown();
       await Promise.all([ls.outbound.close(graceMs, reply), ls.inbound.close(graceMs, reply)]);
       await pool.close();

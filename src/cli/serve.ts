@@ -101,10 +101,17 @@ function heldStdout(stdout: Host['stdout']): DestinationStream & { release(): vo
   };
 }
 
+/**
+ * How long SIGTERM keeps the listeners accepting after /readyz starts failing, when a readiness probe has
+ * been seen: a few of a load balancer's check intervals (HAProxy's default inter is 2 s, fall 3 would need
+ * 6 s; with inter 500 ms fall 2 this is enough). Fixed; it is in the "draining" log line.
+ */
+const DRAIN_MS = 2000;
+
 export const serveVerb: Verb = {
   name: 'serve',
   synopsis: 'batv-proxy serve [--config FILE]',
-  help: 'Runs both listeners. With no config the embedded defaults apply: loopback listeners on 127.0.0.1:2525\n(outbound) and 127.0.0.1:2526 (inbound), a keyring created in keys/ if none exists, and messages captured as\n.eml files in mail/outbox and mail/inbox, and the status page, /metrics and /healthz on 127.0.0.1:9425.\nOn a terminal a short summary comes before the JSON log lines. BATV_PROXY_* environment variables override\nconfig settings. SIGHUP reloads config and keys; SIGTERM drains and exits.',
+  help: 'Runs both listeners. With no config the embedded defaults apply: loopback listeners on 127.0.0.1:2525\n(outbound) and 127.0.0.1:2526 (inbound), a keyring created in keys/ if none exists, and messages captured as\n.eml files in mail/outbox and mail/inbox, and the status page, /metrics and /healthz on 127.0.0.1:9425.\nOn a terminal a short summary comes before the JSON log lines. BATV_PROXY_* environment variables override\nconfig settings. SIGHUP reloads config and keys; SIGTERM drains and exits (once something has probed\n/readyz, /readyz first answers 503 "draining" for 2 s while the listeners keep accepting).',
   options: { config: { type: 'string' } },
   positionals: { min: 0, max: 0 },
   async run(values, _p, io) {
@@ -128,11 +135,29 @@ export const serveVerb: Verb = {
     if (exposed) log.warn(exposed);
     return new Promise<number>((resolve) => {
       let stopping = false;
-      const stop = (signal: string) => {
-        if (stopping) return;
-        stopping = true;
+      let draining: NodeJS.Timeout | null = null;
+      const close = (signal: string) => {
+        draining = null;
         log.info({ signal }, 'stopping: no new connections; running transactions may finish');
         proxy.close(config.timeouts.commandMs).then(() => { log.info('stopped'); log.flush(); resolve(EXIT_OK); });
+      };
+      const stop = (signal: string) => {
+        if (stopping) {
+          // SIGINT during the drain (a second SIGTERM ends the process: its handler is a once-handler): close now.
+          if (draining) { clearTimeout(draining); close(signal); }
+          return;
+        }
+        stopping = true;
+        // SIGTERM with a readiness probe watching (/readyz has been asked): fail /readyz first and keep
+        // accepting for DRAIN_MS, so the load balancer marks this replica down before its listeners close
+        // and no client is refused. Without a probe (or on SIGINT) nobody would notice: close at once.
+        if (signal === 'SIGTERM' && proxy.readinessProbed()) {
+          proxy.drain();
+          log.info({ signal, drain_ms: DRAIN_MS }, `draining: /readyz answers 503 "draining"; listeners keep accepting for ${DRAIN_MS} ms, then close`);
+          draining = setTimeout(() => close(signal), DRAIN_MS);
+        } else {
+          close(signal);
+        }
       };
       host.onSignal('SIGTERM', () => stop('SIGTERM'), true);
       host.onSignal('SIGINT', () => stop('SIGINT'), true);
