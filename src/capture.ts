@@ -36,12 +36,19 @@ export async function startCapture(dir: string, clock: Clock, onFile?: (file: st
       const from = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
       const to = session.envelope.rcptTo.map((r) => r.address);
       const head = `Return-Path: <${from}>\r\n${to.map((t) => `X-Envelope-To: <${t}>\r\n`).join('')}`;
-      const out = createWriteStream(`${file}.tmp`, { mode: 0o640 });
+      // Written as .eml.tmp and renamed when the message is complete. A message cut short (smtp-server
+      // destroys the stream when the client leaves mid-DATA, which is how the proxy abandons a body) or a
+      // failed write leaves no file behind.
+      const tmp = `${file}.tmp`;
+      const out = createWriteStream(tmp, { mode: 0o640 });
       out.write(head);
       pipeline(stream, out)
-        .then(() => fs.rename(`${file}.tmp`, file))
+        .then(() => fs.rename(tmp, file))
         .then(() => { onFile?.(file, { from, to }); cb(null, `Ok: captured as ${path.basename(file)}`); })
-        .catch((e: Error) => cb(Object.assign(new Error(`Capture failed: ${e.message}`), { responseCode: 451 })));
+        .catch(async (e: Error) => {
+          await fs.rm(tmp, { force: true }).catch(() => undefined);
+          cb(Object.assign(new Error(`Capture failed: ${e.message}`), { responseCode: 451 }));
+        });
     },
   });
   await new Promise<void>((resolve, reject) => {

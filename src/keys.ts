@@ -72,7 +72,8 @@ export function generateSecret(): Uint8Array {
   return utf8(base64url.encode(randomBytes(32)));
 }
 
-function whoami(): string {
+/** The user this process runs as, for messages that say whose permission is missing. */
+export function whoami(): string {
   // No passwd entry (a container's arbitrary uid): fs.stat of a fresh file would tell the uid, but the
   // message is clear enough without it.
   try { return os.userInfo().username; } catch { return 'the current user (no passwd entry)'; }

@@ -3,11 +3,12 @@
  * clock, listen ports, TLS and users files, next hops answering SMTP) and prints what to fix.
  * One line per check: "ok", "warn" or "FAIL", then the detail. Exit 1 when anything failed.
  */
-import { promises as fs } from 'node:fs';
+import { constants as fsc, promises as fs } from 'node:fs';
+import path from 'node:path';
 import net from 'node:net';
 import { parseListen, type Config, type NextHop } from '../config.js';
 import { loadConfig } from '../config/load.js';
-import { readKeys, retire, keyringPath, keyScheduleWarnings, KEY_SCHEDULE_DEFAULTS } from '../keys.js';
+import { readKeys, retire, keyringPath, keyScheduleWarnings, KEY_SCHEDULE_DEFAULTS, whoami } from '../keys.js';
 import { loadUsers } from '../auth.js';
 import { connectNextHop } from '../smtp/client.js';
 import { MS_PER_DAY } from '../clock.js';
@@ -68,10 +69,32 @@ async function hopCheck(name: string, hop: NextHop | null, config: Config): Prom
   }
 }
 
+/**
+ * Can this user write `dir` (keys: rotate and import write there; capture: one file per message)? A
+ * directory that does not exist yet is fine when its nearest existing parent is writable (the proxy
+ * creates it).
+ */
+async function writableCheck(name: string, dir: string, why: string): Promise<[Level, string]> {
+  const user = whoami();
+  const canWrite = (d: string) => fs.access(d, fsc.W_OK | fsc.X_OK).then(() => true, () => false);
+  const st = await fs.stat(dir).catch(() => null);
+  if (st && !st.isDirectory()) return ['FAIL', `${name}: ${dir} is not a directory`];
+  if (st) {
+    return await canWrite(dir)
+      ? ['ok', `${name}: ${dir} is writable by ${user}`]
+      : ['FAIL', `${name}: ${dir} is not writable by user ${user} (${why}); fix it with "chown ${user} ${dir}"`];
+  }
+  let parent = path.dirname(path.resolve(dir));
+  while (!(await fs.stat(parent).catch(() => null)) && parent !== path.dirname(parent)) parent = path.dirname(parent);
+  return await canWrite(parent)
+    ? ['ok', `${name}: ${dir} does not exist yet; it will be created (${parent} is writable by ${user})`]
+    : ['FAIL', `${name}: ${dir} does not exist and user ${user} cannot create it in ${parent} (${why}); fix it with "mkdir -p ${dir} && chown ${user} ${dir}"`];
+}
+
 export const doctorVerb: Verb = {
   name: 'doctor',
   synopsis: 'batv-proxy doctor [--config FILE]',
-  help: 'Checks config, keyring and permissions, clock, listen ports, TLS and users files, and that the next hops\nanswer SMTP; prints what to fix. Exit 1 when a check failed.',
+  help: 'Checks config, keyring and permissions, that the keys and capture directories are writable, clock, listen ports, TLS and users files, and that the next hops\nanswer SMTP; prints what to fix. Exit 1 when a check failed.',
   options: { config: { type: 'string' } },
   positionals: { min: 0, max: 0 },
   async run(values, _p, io: Io) {
@@ -98,6 +121,9 @@ export const doctorVerb: Verb = {
     } catch (e) {
       lines.push(['FAIL', `keys: ${(e as Error).message}`]);
     }
+    lines.push(await writableCheck('keys.dir', config.keys.dir, '"keys rotate" and "keys import" write the keyring there'));
+    if (!config.outbound.relay) lines.push(await writableCheck('outbound.captureDir', config.outbound.captureDir, 'each captured message is a file there'));
+    if (!config.inbound.mailbox) lines.push(await writableCheck('inbound.captureDir', config.inbound.captureDir, 'each captured message is a file there'));
     const year = new Date(now).getUTCFullYear();
     lines.push(year >= 2024 && year < 2100
       ? ['ok', `clock: ${new Date(now).toISOString()} (tags use UTC days; keep NTP running, a clock off by a day refuses valid bounces)`]

@@ -3,7 +3,8 @@
  * ok/warn lines and exits 0; a next hop on a closed port, or a keyring readable by others, is a FAIL line
  * naming what to fix, exit 1. check-config lists every wrong field at once.
  */
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { chmodSync, chownSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -67,6 +68,7 @@ describe('doctor', () => {
       out: [
         `ok    config: ${file} is valid`,
         `ok    keys: ${keys}/keyring.json (mode 0600), 1 key(s), key 0 signs, 0 days old`,
+        `ok    keys.dir: ${keys} is writable by ${os.userInfo().username}`,
         CLOCK,
         `ok    outbound.listen: 127.0.0.1:${outPort} is free`,
         `ok    inbound.listen: 127.0.0.1:${inPort} is free`,
@@ -76,6 +78,36 @@ describe('doctor', () => {
         '',
       ].join('\n'),
     });
+  });
+
+  // Run as nobody (root may write anywhere): a subprocess through setpriv, as test/cli/keys.test.ts does.
+  const canSwitch = process.getuid?.() === 0 && spawnSync('setpriv', ['--reuid=65534', 'true']).status === 0;
+  it.skipIf(!canSwitch)('keys and capture directories the proxy\'s user cannot write: FAIL lines naming the user and the fix', () => {
+    const top = mkdtempSync(path.join(os.tmpdir(), 'batv-doctor-rw-'));
+    try {
+      const keysDir = path.join(top, 'keys');
+      mkdirSync(keysDir, { mode: 0o755 }); // root's, not writable by nobody
+      const outbox = path.join(top, 'ro', 'outbox'); // its parent cannot be written either
+      mkdirSync(path.join(top, 'ro'), { mode: 0o755 });
+      const inbox = path.join(top, 'free', 'inbox'); // will be created: its parent is nobody's
+      mkdirSync(path.join(top, 'free'));
+      chownSync(path.join(top, 'free'), 65534, 65534);
+      chmodSync(top, 0o755);
+      const f = path.join(top, 'c.json');
+      writeFileSync(f, JSON.stringify({ ...config(), keys: { dir: keysDir }, outbound: { listen: `127.0.0.1:${outPort}`, captureDir: outbox }, inbound: { listen: `127.0.0.1:${inPort}`, captureDir: inbox } }));
+      chmodSync(f, 0o644);
+      const r = spawnSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, '--import', 'tsx', '-e',
+        `import(${JSON.stringify(path.resolve('src/main.ts'))}).then((m) => m.main(['doctor', '--config', ${JSON.stringify(f)}])).then((c) => process.exit(c))`], { encoding: 'utf8' });
+      expect({ status: r.status, err: r.stderr, out: r.stdout.split('\n')[0] }).toEqual({ status: 1, err: '', out: `ok    config: ${f} is valid` });
+      const lines = r.stdout.split('\n').filter((l) => /^\S+\s+(keys\.dir|outbound\.captureDir|inbound\.captureDir):/.test(l));
+      expect(lines).toEqual([
+        `FAIL  keys.dir: ${keysDir} is not writable by user nobody ("keys rotate" and "keys import" write the keyring there); fix it with "chown nobody ${keysDir}"`,
+        `FAIL  outbound.captureDir: ${outbox} does not exist and user nobody cannot create it in ${path.join(top, 'ro')} (each captured message is a file there); fix it with "mkdir -p ${outbox} && chown nobody ${outbox}"`,
+        `ok    inbound.captureDir: ${inbox} does not exist yet; it will be created (${path.join(top, 'free')} is writable by nobody)`,
+      ]);
+    } finally {
+      rmSync(top, { recursive: true, force: true });
+    }
   });
 
   it('a next hop on a closed port: a FAIL line naming it, exit 1', async () => {
