@@ -25,8 +25,8 @@
  * 3. Closing a connection with a reply at a moment of our choosing (closeConnection): the DATA deadline
  *    must answer a client that is still sending, and smtp-server answers DATA only after its end.
  *
- * 4. Closing the idle connections at shutdown (closeIdleConnections): smtp-server's close() gives every
- *    connection closeTimeout, idle ones included; a draining proxy tells those 421 at once.
+ * 4. Draining at shutdown (drainConnections): smtp-server's close() answers every later command 421,
+ *    those of transactions under way included; the drain lets them finish and a last QUIT get its 221.
  *
  * The run-time options (EHLO name, size, what EHLO offers) are written by the Listener in listener.ts:
  * smtp-server reads `options` at each connection and command, and has no setter for them.
@@ -147,27 +147,64 @@ export function rawOf(parsed: { address: string }): RawAddress {
   return r ?? { raw: parsed.address, rawParams: [] };
 }
 
-interface IdleProbe {
+interface DrainProbe {
   session?: { envelope?: { mailFrom?: unknown } };
   _dataStream?: unknown;
   _closing?: boolean;
+  _closed?: boolean;
   send(code: number, text: string): void;
   close(): void;
 }
 
+/** How long a connection that finished its transaction during a drain may stay before it is told to go. */
+export const DRAIN_IDLE_MS = 1000;
+
 /**
- * Hook 4 (shutdown): tells every connection that has no transaction open (no MAIL accepted, not in
- * DATA, not closing already) `code text` and closes it. smtp-server's own close() waits closeTimeout for
- * every connection, idle ones included, and has no public list of its connections' states.
+ * Hook 4 (shutdown): stops accepting and lets the transactions under way finish. smtp-server's own
+ * close() cannot be used for this: from the moment it is called, every command is answered "421 Server
+ * shutting down" (its _onCommand checks _closeTimeout), the RCPT, DATA and QUIT of a transaction under
+ * way included, so a transaction between MAIL and DATA fails and a client that QUITs after its last
+ * message never hears 221. Instead: the listening socket is closed (smtp-server.server, public), sockets
+ * still in the PROXY header or TLS handshake are destroyed (they have no session that could finish), and
+ * every 50 ms the connections are looked at: one with no transaction open when the drain starts is told
+ * `code text` at once; one that finishes its transaction later may still QUIT (221) or is told after
+ * DRAIN_IDLE_MS; a MAIL during the drain is refused by the Listener (src/smtp/listener.ts). After
+ * `graceMs` whatever is left is told `code text` and closed. Resolves once every connection is gone.
  */
-export function closeIdleConnections(server: object, code: number, text: string): void {
-  const conns = (server as { connections?: Set<IdleProbe> }).connections;
-  if (!(conns instanceof Set)) throw new Error('smtp-server has no connections set; this version is not supported (shutdown cannot close idle connections)');
-  for (const c of conns) {
-    if (!c.session?.envelope?.mailFrom && !c._dataStream && !c._closing) {
-      c._closing = true;
-      c.send(code, text);
-      c.close();
-    }
+export function drainConnections(server: object, graceMs: number, code: number, text: string): Promise<void> {
+  const s = server as { connections?: Set<DrainProbe>; server?: net.Server; _pendingSockets?: Map<net.Socket, net.Socket> };
+  if (!(s.connections instanceof Set) || !(s.server instanceof net.Server)) {
+    throw new Error('smtp-server has no connections set or net server; this version is not supported (shutdown cannot drain)');
   }
+  const conns = s.connections;
+  const netServer = s.server;
+  return new Promise<void>((resolve) => {
+    const idleSince = new WeakMap<DrainProbe, number>();
+    const started = Date.now();
+    let first = true;
+    const tell = (c: DrainProbe) => {
+      c.send(code, text); // a 421 closes the connection (smtp-server's send)
+      if (!c._closing && !c._closed) c.close();
+    };
+    const sweep = () => {
+      const now = Date.now();
+      for (const c of conns) {
+        if (c._closing || c._closed) continue;
+        if (now - started >= graceMs) { tell(c); continue; }
+        if (c.session?.envelope?.mailFrom || c._dataStream) { idleSince.delete(c); continue; }
+        const since = idleSince.get(c);
+        if (first || (since !== undefined && now - since >= DRAIN_IDLE_MS)) tell(c);
+        else if (since === undefined) idleSince.set(c, now);
+      }
+      first = false;
+    };
+    const timer = setInterval(sweep, 50);
+    const finish = () => { clearInterval(timer); resolve(); };
+    if (netServer.listening) netServer.close(finish);
+    else if (conns.size === 0) { finish(); return; }
+    else { const wait = setInterval(() => { if (conns.size === 0) { clearInterval(wait); finish(); } }, 50); }
+    // The topmost socket of each (a TLS wrap over the raw one, as smtp-server's close() does it).
+    if (s._pendingSockets instanceof Map) for (const top of s._pendingSockets.values()) top.destroy();
+    sweep();
+  });
 }

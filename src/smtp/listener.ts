@@ -10,7 +10,7 @@ import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
 import { SmtpReply, isSmtpReply, transportReplies } from '../reply.js';
 import { NextHopError } from './hop-reply.js';
-import { closeIdleConnections, installConnectionHooks } from './internals.js';
+import { drainConnections, installConnectionHooks } from './internals.js';
 import { hasBareLineEnd } from './dotstuff.js';
 
 export interface ListenerOptions {
@@ -48,6 +48,8 @@ export class Listener {
   private opts: ListenerOptions;
   private readonly cap: { max: number; reply: (ip: string) => SmtpReply } | null;
   private hopExtensions: ReadonlyMap<string, string> | null = null;
+  /** Set by close(): the reply every MAIL gets while the listener drains. */
+  private drainReply: SmtpReply | null = null;
 
   /** Creates the server (not listening yet); `hooks` are smtp-server's on* handlers. */
   constructor(opts: ListenerOptions, hooks: Partial<SMTPServerOptions>) {
@@ -55,6 +57,12 @@ export class Listener {
     this.opts = opts;
     this.cap = opts.perClient ? { ...opts.perClient } : null;
     if (this.cap) hooks = { ...hooks, ...perClientCap(this.cap, hooks) };
+    const onMailFrom = hooks.onMailFrom;
+    hooks = {
+      ...hooks,
+      // Draining: no new transaction (a 421 closes the connection); those under way finish.
+      onMailFrom: (address, session, cb) => (this.drainReply ? cb(this.drainReply) : onMailFrom ? onMailFrom(address, session, cb) : cb()),
+    };
     this.smtp = new SMTPServer({
       name: opts.name,
       banner: 'batv-proxy',
@@ -149,17 +157,14 @@ export class Listener {
   }
 
   /**
-   * Stops accepting. A connection between transactions is told `reply` at once; one in the middle of a
-   * transaction may finish it within `graceMs` and is then told it too (smtp-server's own close says
-   * "421 Server shutting down" to whatever is left after closeTimeout).
+   * Stops accepting and drains (src/smtp/internals.ts, drainConnections): a connection between
+   * transactions is told `reply` at once; a transaction under way may finish within `graceMs` (its
+   * client may then QUIT and hear 221); a MAIL from now on is refused with `reply`; after `graceMs`
+   * whatever is left is told `reply` too.
    */
   close(graceMs: number, reply: SmtpReply): Promise<void> {
-    this.options.closeTimeout = graceMs;
-    const stopped = new Promise<void>((r) => this.smtp.close(() => r()));
-    const sweep = () => closeIdleConnections(this.smtp, reply.responseCode, `${reply.enhanced} ${reply.text}`);
-    sweep();
-    const timer = setInterval(sweep, 50);
-    return stopped.finally(() => clearInterval(timer));
+    this.drainReply = reply;
+    return drainConnections(this.smtp, graceMs, reply.responseCode, `${reply.enhanced} ${reply.text}`);
   }
 }
 

@@ -111,6 +111,46 @@ describe('SIGTERM drains a transaction in the middle of DATA', () => {
   });
 });
 
+describe('SIGTERM between MAIL and DATA, then QUIT (issue 13.5)', () => {
+  let dir: string;
+  let sink: Sink;
+  let p: ServeProcess | null = null;
+  beforeAll(async () => {
+    ensureBuilt();
+    dir = mkdtempSync(path.join(os.tmpdir(), 'batv-life-quit-'));
+    sink = await startSink({ name: 'sink.test' });
+    writeFileSync(path.join(dir, 'config.json'), JSON.stringify(configFor(dir, sink)));
+    p = await startServe({ args: ['--config', path.join(dir, 'config.json')], cwd: dir });
+  });
+  afterAll(async () => {
+    await p?.stop();
+    await sink.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('the transaction under way finishes (RCPT, DATA), its QUIT gets 221; another connection\'s next MAIL gets 421 4.3.2', async () => {
+    const proc = p!;
+    const t = await ehlo(proc.outbound.port);
+    const other = await ehlo(proc.outbound.port);
+    expect(await t.cmd('MAIL FROM:<alice@example.com>')).toBe('250 Accepted');
+    expect(await other.cmd('MAIL FROM:<carol@example.com>')).toBe('250 Accepted');
+    const n = proc.lines.length;
+    proc.signal('SIGTERM');
+    await proc.waitForLine((l) => l.msg === 'stopping: no new connections; running transactions may finish', { from: n });
+    expect(await t.cmd('RCPT TO:<bob@example.net>')).toBe('250 Accepted');
+    expect((await t.data('Subject: after SIGTERM\r\n\r\nHello.\r\n')).end).toBe('250 Ok: queued as sink');
+    expect(await t.cmd('QUIT')).toMatch(/^221 /);
+    // The other client finishes its transaction too, then tries a new one: refused, connection closed.
+    expect(await other.cmd('RCPT TO:<dave@example.net>')).toBe('250 Accepted');
+    expect((await other.data('Subject: second\r\n\r\nHi.\r\n')).end).toBe('250 Ok: queued as sink');
+    expect(await other.cmd('MAIL FROM:<carol@example.com>')).toBe('421 4.3.2 Service shutting down; try again later');
+    const got = await sink.waitForMessages(2);
+    expect(got.map((m) => m.rcptTo[0]).sort()).toEqual(['bob@example.net', 'dave@example.net']);
+    const exit = await Promise.race([proc.exited, new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), GRACE_MS + 2000))]);
+    expect(exit).toEqual({ code: 0, signal: null });
+  });
+});
+
 describe('SIGTERM with an idle client connection (no transaction running)', () => {
   let dir: string;
   let sink: Sink;

@@ -85,4 +85,37 @@ describe(`smtp-server ${installed}: the internals the adapter hooks`, () => {
     expect(r.afterFin.map((l) => l.slice(0, 3))).toEqual(['250', '221']);
     expect(r.serverClosed).toBe(true);
   });
+
+  it('hook 4 (drain): smtp-server\'s own close() answers a transaction\'s next command 421 (why drainConnections exists); the drain lets it finish and QUIT get 221', async () => {
+    type Plain = { connections: unknown; server: import('node:net').Server; _pendingSockets?: unknown; listen(p: number, h: string, cb: () => void): void; close(cb?: () => void): void };
+    const { SMTPServer } = (await import('smtp-server')) as unknown as { SMTPServer: new (o: object) => Plain };
+    const net = await import('node:net');
+    const { talk } = await import('../helpers/talk.js');
+    // What the drain reads: the connections set, the net server, the pending-socket set.
+    const plain = new SMTPServer({ logger: false, disableReverseLookup: true, authOptional: true, closeTimeout: 2000 });
+    expect(plain.connections).toBeInstanceOf(Set);
+    expect(plain.server).toBeInstanceOf(net.Server);
+    expect(plain._pendingSockets).toBeInstanceOf(Map); // sockets still in the PROXY header or TLS handshake
+    await new Promise<void>((r) => plain.listen(0, '127.0.0.1', r));
+    const t1 = talk((plain.server.address() as import('node:net').AddressInfo).port);
+    await t1.greeting;
+    await t1.cmd('EHLO x');
+    expect(await t1.cmd('MAIL FROM:<a@example.com>')).toMatch(/^250 /);
+    const closed = new Promise<void>((r) => plain.close(r));
+    expect(await t1.cmd('RCPT TO:<b@example.org>')).toBe('421 Server shutting down');
+    await closed;
+
+    // The adapter's drain: the same transaction finishes and QUIT gets 221.
+    const port = await listen({});
+    const t2 = talk(port);
+    await t2.greeting;
+    await t2.cmd('EHLO x');
+    expect(await t2.cmd('MAIL FROM:<a@example.com>')).toMatch(/^250 /);
+    const drained = server!.close(5000, replies.shuttingDown());
+    server = null;
+    expect(await t2.cmd('RCPT TO:<b@example.org>')).toMatch(/^250 /);
+    expect(await t2.cmd('RSET')).toMatch(/^250 /);
+    expect(await t2.cmd('QUIT')).toMatch(/^221 /);
+    await drained;
+  });
 });
