@@ -215,8 +215,8 @@ describe.skipIf(!RUN)(`${REPLICAS} replicas sharing one keys directory and one R
       expect((line.changed as string[]).filter((c) => /^key 1:/.test(c))).toEqual([expect.stringMatching(/^key 1:scheduled:[A-Za-z0-9_-]{43} added$/)]);
     }
     const listed = await cli(['keys', 'list', '--dir', keysDir], { cwd: dir });
-    expect(listed.stdout).toMatch(/^0\t\S+\t0d\tactive \(signs\)\t/m);
-    expect(listed.stdout).toMatch(new RegExp(`^1\\t\\S+\\t0d\\tscheduled, signs from ${instantIso.replace(/\./g, '\\.')}\\t`, 'm'));
+    expect(listed.stdout).toMatch(/^0 +\S+ +0d +active \(signs\) +\S+$/m);
+    expect(listed.stdout).toMatch(new RegExp(`^1 +\\S+ +0d +scheduled, signs from ${instantIso.replace(/\./g, '\\.')} +\\S+$`, 'm'));
     expect(Date.now()).toBeLessThan(instant); // the reloads came before the instant
 
     // A key-1 tag made from the distributed file before the instant verifies on every replica already.
@@ -254,8 +254,8 @@ describe.skipIf(!RUN)(`${REPLICAS} replicas sharing one keys directory and one R
     }
     expect(oldTags.length).toBeGreaterThan(0);
     const after = await cli(['keys', 'list', '--dir', keysDir], { cwd: dir });
-    expect(after.stdout).toMatch(/^1\t\S+\t0d\tactive \(signs\)\t/m);
-    expect(after.stdout).toMatch(/^0\t\S+\t0d\tverify-only, retire after \d{4}-\d\d-\d\d\t/m);
+    expect(after.stdout).toMatch(/^1 +\S+ +0d +active \(signs\) +\S+$/m);
+    expect(after.stdout).toMatch(/^0 +\S+ +0d +verify-only, retire after \d{4}-\d\d-\d\d +\S+$/m);
     expect(slowest.rotation).toBeLessThan(REPLY_BOUND_MS);
     console.info(`[replicas] rotation: ${signed.length} messages signed (${signed.filter((s) => keyDigit(s.tag) === 0).length} key 0, ${signed.filter((s) => keyDigit(s.tag) === 1).length} key 1), ${ledger.delivered()} told 250 so far, slowest reply ${slowest.rotation.toFixed(0)} ms`);
     await Promise.all([...outs, ...ins].map((t) => t.quit()));
