@@ -129,7 +129,8 @@ describe('npm pack: what the package contains', () => {
     };
     walk(path.join(REPO, 'src'), '');
     const want = sources.flatMap((s) => [`dist/${s}.js`, `dist/${s}.js.map`]).sort();
-    expect(files.map((f) => f.path).filter((p) => p.startsWith('dist/')).sort()).toEqual(want);
+    // tsc never deletes: a file left from a source that is gone would be packed too (rm -rf dist && npm run build).
+    expect(files.map((f) => f.path).filter((p) => p.startsWith('dist/')).sort(), 'dist/ is not exactly the build of src/').toEqual(want);
     // The maps are kept because every .js names its map (node --enable-source-maps turns stack traces into src/ lines).
     for (const s of sources) expect(readFileSync(path.join(REPO, 'dist', `${s}.js`), 'utf8')).toContain(`//# sourceMappingURL=${path.basename(s)}.js.map`);
   });
@@ -243,7 +244,7 @@ describe('npm install -g of the packed tarball', () => {
     expect(r.stdout).toContain('  batv-proxy keys init|list|rotate|retire|import [--dir DIR] [options]\n');
   });
 
-  it('keys init, then serve (node <package>/bin/batv-proxy.js, as the unit runs it): signs a sender, serves /metrics and the status page assets, and exits 0 on SIGTERM', async () => {
+  it('keys init, then serve (node <package>/bin/batv-proxy.js, as the unit runs it): signs a sender, serves /metrics and the status page assets, reloads on SIGHUP and exits 0 on SIGTERM', async () => {
     const keys = path.join(tmp, 'keys');
     const init = await run(path.join(prefix, 'bin', 'batv-proxy'), ['keys', 'init', '--dir', keys], { cwd: tmp });
     expect(init.code, init.stderr).toBe(0);
@@ -287,6 +288,10 @@ describe('npm install -g of the packed tarball', () => {
     // uPlot is found in the installed package's own node_modules.
     expect((await fetch(`http://127.0.0.1:${met}/assets/uplot/uPlot.iife.min.js`)).status).toBe(200);
 
+    // ExecReload's SIGHUP, then KillSignal's SIGTERM, both to the PID systemd would call $MAINPID.
+    const beforeHup = proxy.lines.length;
+    process.kill(proxy.pid, 'SIGHUP');
+    expect(await proxy.waitFor((l) => proxy!.lines.indexOf(l) >= beforeHup && l.msg === 'reload done')).toMatchObject({ why: 'SIGHUP', changed: [] });
     const from = proxy.lines.length;
     process.kill(proxy.pid, 'SIGTERM');
     await proxy.waitFor((l) => proxy!.lines.indexOf(l) >= from && l.msg === 'stopped');
