@@ -91,7 +91,6 @@ export function createInbound(ctx: RelayContext): Listener {
           else {
             ctx.metrics.dnsbl.inc({ result: r.listed ? 'listed' : 'clean' });
             if (r.listed) {
-              ctx.metrics.refusals.inc({ role: 'inbound', reason: 'dnsbl' });
               ctx.log.info({ role: 'inbound', client: ip, sender: raw, dnsbl: config.inbound.dnsbl.zone, code: r.code }, 'bounce from a listed client refused');
               throw replies.dnsblListed(ip, config.inbound.dnsbl.zone);
             }
@@ -195,7 +194,7 @@ export function createInbound(ctx: RelayContext): Listener {
     onClose(session) {
       conns.close(session);
     },
-  });
+  }, (kind) => ctx.metrics.refusals.inc({ role: 'inbound', reason: kind }));
 }
 
 /**

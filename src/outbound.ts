@@ -66,7 +66,6 @@ export function createOutbound(ctx: RelayContext): Listener {
         const ip = session.remoteAddress;
         const user = typeof session.user === 'string' ? session.user : undefined;
         if (!user && !rt.relayNetworks.has(ip)) {
-          ctx.metrics.refusals.inc({ role: 'outbound', reason: 'relay-denied' });
           throw rt.auth.enabled ? replies.authRequired() : replies.relayDenied(ip);
         }
         const { raw, rawParams } = rawOf(address);
@@ -132,5 +131,5 @@ export function createOutbound(ctx: RelayContext): Listener {
     onClose(session) {
       conns.close(session);
     },
-  });
+  }, (kind) => ctx.metrics.refusals.inc({ role: 'outbound', reason: kind }));
 }

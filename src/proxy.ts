@@ -115,11 +115,18 @@ export async function startProxy(initial: Config, opts: ProxyOptions = {}): Prom
   /** The one current snapshot: replaced whole by reload(), read once per transaction at MAIL. */
   let rt: Runtime = built.runtime;
 
-  const setKeyMetrics = () => {
-    metrics.keyAge.reset();
-    for (const k of rt.keys) if (k.created) metrics.keyAge.set({ key: String(k.num), status: k.status }, (clock.now() - Date.parse(k.created)) / MS_PER_DAY);
-  };
-  setKeyMetrics();
+  // Worked out at each scrape from the current snapshot's keys (a key scheduled to sign shows as active
+  // from its instant on, as the keyring computes it).
+  metrics.setKeyAges((g) => {
+    g.reset();
+    const now = clock.now();
+    const signing = rt.keyring?.signingAt(now).num;
+    for (const k of rt.keys) {
+      if (!k.created) continue;
+      const status = k.num === signing ? 'active' : k.status === 'active' ? 'verify' : k.status;
+      g.set({ key: String(k.num), status }, (now - Date.parse(k.created)) / MS_PER_DAY);
+    }
+  });
 
   let listeners: Record<Role, Listener> | null = null;
   const pool = new NextHopPool({
@@ -248,7 +255,6 @@ export async function startProxy(initial: Config, opts: ProxyOptions = {}): Prom
       const old = before.dnsbl;
       setTimeout(() => old.close(), before.config.inbound.dnsbl.timeoutMs + 1000).unref();
     }
-    setKeyMetrics();
     log.info({ changed, applied, not_applied: notApplied }, notApplied.length ? 'reloaded; some settings need a restart' : 'reloaded');
     return { changed, applied, notApplied };
   };

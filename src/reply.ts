@@ -35,12 +35,41 @@ export function isSmtpReply(v: unknown): v is SmtpReply {
   return v instanceof SmtpReply;
 }
 
+/** The table entry each of the proxy's own replies was made by (a next hop's reply has none). */
+const KINDS = new WeakMap<SmtpReply, string>();
+
+/**
+ * The kind of one of the proxy's own replies: the kebab-case name of the table entry that made it
+ * ("untagged-bounce", "message-too-large"), the batv_proxy_refusals_total reason; null for a reply that
+ * is not the proxy's own (a next hop's, passed through).
+ */
+export function replyKind(r: SmtpReply): string | null {
+  return KINDS.get(r) ?? null;
+}
+
+/**
+ * A table of reply makers whose every reply remembers its entry (replyKind). `names` renames an entry's
+ * kind where a shorter label is already in use (dnsblListed is "dnsbl").
+ */
+export function replyTable<T extends Record<string, (...args: never[]) => SmtpReply>>(table: T, names: Partial<Record<keyof T, string>> = {}): T {
+  const out: Record<string, unknown> = {};
+  for (const [key, make] of Object.entries(table)) {
+    const kind = names[key as keyof T] ?? key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+    out[key] = (...args: never[]) => {
+      const r = make(...args);
+      KINDS.set(r, kind);
+      return r;
+    };
+  }
+  return out as T;
+}
+
 /**
  * The replies the SMTP layer gives on its own, whatever the role: they live here rather than in
  * src/policy/replies.ts because src/smtp imports no policy (test/boundaries.test.ts); the policy table
  * includes them, so every reply the proxy sends is still listed in one place.
  */
-export const transportReplies = {
+export const transportReplies = replyTable({
   /** DATA: the message passed limits.maxMessageBytes (the words smtp-server uses for the same limit). */
   messageTooLarge: (limit: number) => new SmtpReply(552, '5.3.4', `Message exceeds fixed maximum message size ${limit}`),
   /** DATA: the header block passed what the proxy holds to rewrite it (src/smtp/headers.ts MAX_HEADER_BYTES). */
@@ -49,4 +78,4 @@ export const transportReplies = {
   clientLeft: () => new SmtpReply(451, '4.4.2', 'Client connection closed before the end of the message'),
   /** Anything unexpected in a hook: the client retries, the log says what it was. */
   internal: () => new SmtpReply(451, '4.3.0', 'Local error in processing; try again later'),
-} as const;
+} as const);

@@ -4,11 +4,11 @@
  * (Replies of the next hop are passed through as they came; transport failures are mapped in
  * src/smtp/client.ts.) Pure.
  */
-import { SmtpReply, transportReplies } from '../reply.js';
+import { replyTable, SmtpReply, transportReplies } from '../reply.js';
 import { BATV_INVALID_WORDS, type BatvInvalidReason } from '../tags/batv.js';
 import { SRS_INVALID_WORDS, type SrsInvalidReason } from '../tags/srs.js';
 
-export const replies = {
+export const replies = replyTable({
   /** Outbound: the client may not relay through us. */
   relayDenied: (ip: string) => new SmtpReply(554, '5.7.1', `Relay access denied for ${ip}`),
   /** Outbound: the client could relay if it authenticated. */
@@ -58,4 +58,4 @@ export const replies = {
   ...transportReplies,
   tooManyRecipients: () => new SmtpReply(452, '4.5.3', 'Too many recipients'),
   shuttingDown: () => new SmtpReply(421, '4.3.2', 'Service shutting down; try again later'),
-} as const;
+} as const, { dnsblListed: 'dnsbl' });

@@ -8,7 +8,7 @@
 import type { AddressInfo, Socket } from 'node:net';
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
-import { SmtpReply, isSmtpReply, transportReplies } from '../reply.js';
+import { SmtpReply, isSmtpReply, replyKind, transportReplies } from '../reply.js';
 import { NextHopError } from './hop-reply.js';
 import { drainConnections, installConnectionHooks } from './internals.js';
 import { hasBareLineEnd } from './dotstuff.js';
@@ -52,7 +52,7 @@ export class Listener {
   private drainReply: SmtpReply | null = null;
 
   /** Creates the server (not listening yet); `hooks` are smtp-server's on* handlers. */
-  constructor(opts: ListenerOptions, hooks: Partial<SMTPServerOptions>) {
+  constructor(opts: ListenerOptions, hooks: Partial<SMTPServerOptions>, onRefused?: (kind: string) => void) {
     installConnectionHooks();
     this.opts = opts;
     this.cap = opts.perClient ? { ...opts.perClient } : null;
@@ -63,6 +63,7 @@ export class Listener {
       // Draining: no new transaction (a 421 closes the connection); those under way finish.
       onMailFrom: (address, session, cb) => (this.drainReply ? cb(this.drainReply) : onMailFrom ? onMailFrom(address, session, cb) : cb()),
     };
+    if (onRefused) hooks = countRefusals(hooks, onRefused);
     this.smtp = new SMTPServer({
       name: opts.name,
       banner: 'batv-proxy',
@@ -168,9 +169,36 @@ export class Listener {
   }
 }
 
-/** Creates a listener (not listening yet); `hooks` are smtp-server's on* handlers. */
-export function createListener(opts: ListenerOptions, hooks: Partial<SMTPServerOptions>): Listener {
-  return new Listener(opts, hooks);
+/**
+ * Creates a listener (not listening yet); `hooks` are smtp-server's on* handlers. `onRefused` hears the
+ * kind (replyKind) of every 4xx/5xx reply of the proxy's own that a hook answers with, whichever hook it
+ * was; a next hop's reply passed through is not the proxy's and is not counted.
+ */
+export function createListener(opts: ListenerOptions, hooks: Partial<SMTPServerOptions>, onRefused?: (kind: string) => void): Listener {
+  return new Listener(opts, hooks, onRefused);
+}
+
+const ANSWERING_HOOKS = ['onConnect', 'onAuth', 'onMailFrom', 'onRcptTo', 'onData'] as const;
+
+/** The hooks with their callbacks watched for the proxy's own refusals (one closure per call). */
+function countRefusals(hooks: Partial<SMTPServerOptions>, onRefused: (kind: string) => void): Partial<SMTPServerOptions> {
+  const out: Record<string, unknown> = { ...hooks };
+  for (const name of ANSWERING_HOOKS) {
+    const h = hooks[name] as ((...args: unknown[]) => unknown) | undefined;
+    if (!h) continue;
+    out[name] = (...args: unknown[]) => {
+      const cb = args[args.length - 1] as (err?: unknown, ...rest: unknown[]) => void;
+      args[args.length - 1] = (err?: unknown, ...rest: unknown[]) => {
+        if (err && isSmtpReply(err) && err.responseCode >= 400) {
+          const kind = replyKind(err);
+          if (kind) onRefused(kind);
+        }
+        cb(err, ...rest);
+      };
+      return h(...args);
+    };
+  }
+  return out as Partial<SMTPServerOptions>;
 }
 
 /**

@@ -235,11 +235,12 @@ describe('the Docker image\'s defaults', () => {
 });
 
 describe('key age from a keyring on disk', () => {
+  const clock = fixedClock(T0);
   let dir: string;
   let proxy: Proxy;
   beforeAll(async () => {
     dir = mkdtempSync(path.join(os.tmpdir(), 'batv-metrics-keys-'));
-    proxy = await startProxy(testConfig({ metrics: { listen: '127.0.0.1:0' }, keys: { dir } }), { clock: fixedClock(T0) });
+    proxy = await startProxy(testConfig({ metrics: { listen: '127.0.0.1:0' }, keys: { dir } }), { clock });
   });
   afterAll(async () => {
     await closeTestProxy(proxy);
@@ -248,5 +249,65 @@ describe('key age from a keyring on disk', () => {
 
   it('reports each key\'s age in days', async () => {
     expect(samples((await get(proxy, '/metrics')).body, 'batv_proxy_key_age_days')).toEqual(['batv_proxy_key_age_days{key="0",status="active"} 0']);
+  });
+
+  it('the age grows while the proxy runs (worked out at each scrape, not at start or reload)', async () => {
+    clock.set(T0 + 36 * 3_600_000);
+    try {
+      expect(samples((await get(proxy, '/metrics')).body, 'batv_proxy_key_age_days')).toEqual(['batv_proxy_key_age_days{key="0",status="active"} 1.5']);
+    } finally {
+      clock.set(T0);
+    }
+  });
+});
+
+describe('batv_proxy_refusals_total counts every refusal the proxy makes itself, once (issue 13.4)', () => {
+  let sink: Sink;
+  let proxy: Proxy;
+  beforeAll(async () => {
+    sink = await startSink({ refuseRecipients: { 'nobody@example.net': { code: 550, message: '5.1.1 No such user' } } });
+    ({ proxy } = await startTestProxy({
+      metrics: { listen: '127.0.0.1:0' },
+      outbound: { relay: `smtp://127.0.0.1:${sink.port}` },
+      inbound: { mailbox: `smtp://127.0.0.1:${sink.port}`, untaggedBounces: 'reject' },
+      limits: { maxMessageBytes: 2000 },
+    }));
+  });
+  afterAll(async () => {
+    await closeTestProxy(proxy);
+    await sink.close();
+  });
+
+  it('by role and kind of reply; a next hop\'s refusal passed through is not the proxy\'s and is not counted', async () => {
+    const inb = await session(proxy.inbound.port);
+    expect(await inb.cmd('RCPT TO:<alice@example.com>')).toBe('503 Error: need MAIL command'); // smtp-server's own, not counted
+    expect(await inb.cmd('MAIL FROM:<>')).toBe('250 Accepted');
+    expect(await inb.cmd('RCPT TO:<alice@example.com>')).toBe('550 5.7.1 <alice@example.com>: bounce to an address we never sent from (no BATV tag); backscatter refused');
+    expect(await inb.cmd('RCPT TO:<prvs=0461000000=alice@example.com>')).toBe('550 5.7.1 <prvs=0461000000=alice@example.com>: BATV signature invalid');
+    expect(await inb.cmd('RCPT TO:<someone@elsewhere.example>')).toBe('550 5.7.1 <someone@elsewhere.example>: relaying denied');
+    await inb.quit();
+
+    const out = await session(proxy.outbound.port);
+    expect(await out.cmd('MAIL FROM:<alice@example.com> FOO=BAR')).toBe('555 5.5.4 Unsupported parameter FOO');
+    expect(await out.cmd('MAIL FROM:<alice@example.com>')).toBe('250 Accepted');
+    expect(await out.cmd('RCPT TO:<nobody@example.net>')).toBe('550 5.1.1 No such user'); // the next hop's
+    expect(await out.cmd('RCPT TO:<bob@example.net>')).toBe('250 Accepted');
+    expect((await out.data(`Subject: big\r\n\r\n${'x'.repeat(3000)}\r\n`)).end).toBe('552 5.3.4 Message exceeds fixed maximum message size 2000');
+    await out.quit();
+
+    const text = await metricsWhen(proxy, 'batv_proxy_refusals_total', [
+      'batv_proxy_refusals_total{role="inbound",reason="untagged-bounce"} 1',
+      'batv_proxy_refusals_total{role="inbound",reason="batv-invalid"} 1',
+      'batv_proxy_refusals_total{role="inbound",reason="not-our-domain"} 1',
+      'batv_proxy_refusals_total{role="outbound",reason="unknown-parameter"} 1',
+      'batv_proxy_refusals_total{role="outbound",reason="message-too-large"} 1',
+    ]);
+    expect(samples(text, 'batv_proxy_refusals_total')).toEqual([
+      'batv_proxy_refusals_total{role="inbound",reason="untagged-bounce"} 1',
+      'batv_proxy_refusals_total{role="inbound",reason="batv-invalid"} 1',
+      'batv_proxy_refusals_total{role="inbound",reason="not-our-domain"} 1',
+      'batv_proxy_refusals_total{role="outbound",reason="unknown-parameter"} 1',
+      'batv_proxy_refusals_total{role="outbound",reason="message-too-large"} 1',
+    ]);
   });
 });

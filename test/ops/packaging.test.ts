@@ -420,7 +420,7 @@ describe('contrib/prometheus/batv-proxy-rules.yml', () => {
     const recorded = new Set(rules.flatMap((r) => (r.record ? [r.record] : [])));
     const used = new Set(rules.flatMap((r) => metricNamesIn(r.expr)));
     expect([...used].filter((n) => !names.has(n) && !PROMETHEUS_SERIES.has(n) && !recorded.has(n))).toEqual([]);
-    for (const n of ['batv_proxy_key_age_days', 'batv_proxy_refusals_total', 'batv_proxy_inbound_verdicts_total', 'batv_proxy_nexthop_failures_total', 'batv_proxy_shared_state_fallback', 'up']) {
+    for (const n of ['batv_proxy_key_age_days', 'batv_proxy_refusals_total', 'batv_proxy_nexthop_failures_total', 'batv_proxy_shared_state_fallback', 'up']) {
       expect(used.has(n), n).toBe(true);
     }
   });
