@@ -13,7 +13,7 @@ import { cidrProblem } from './net/cidr.js';
 import { flag, list, nextHop, oneOf, ruleCheck, section, text, textOrNull, whole, type Problem as Check } from './config/fields.js';
 import { formatProblem, issuePath, unknownSettings, type Problem } from './config/problems.js';
 import {
-  dnsServerProblem, addressEntryProblem, frontProblem, hostnameProblem, parseListen, parseNextHop, zoneProblem, type NextHop,
+  dnsServerProblem, addressEntryProblem, frontProblem, proxyFromProblem, hostnameProblem, parseListen, parseNextHop, zoneProblem, type NextHop,
 } from './config/text.js';
 
 export { parseListen, parseNextHop, type NextHop };
@@ -80,8 +80,8 @@ export const Settings = v.object({
     exemptRecipients: v.optional(list(addressEntryProblem), []),
     /** A tag pushing the local part over 64 octets: sign anyway (default) or send unsigned. */
     overlong: v.optional(oneOf(['sign', 'skip']), 'sign'),
-    /** Load balancers allowed to send a PROXY protocol header (their IPs; "*" for any). */
-    proxyProtocolFrom: v.optional(list(frontProblem), []),
+    /** Load balancers that send a PROXY protocol header, v1 or v2 (addresses or ranges; "*" for any). */
+    proxyProtocolFrom: v.optional(list(proxyFromProblem), []),
     /** Front MTAs allowed to pass the real client on with XCLIENT (their IPs). */
     xclientFrom: v.optional(list(frontProblem), []),
   }),
@@ -94,7 +94,7 @@ export const Settings = v.object({
     graceUntil: v.optional(textOrNull(isoDate), null),
     /** The header carrying our verdict; any copy arriving from outside is removed first. */
     verdictHeader: v.optional(text(headerName), 'X-BATV-Proxy'),
-    proxyProtocolFrom: v.optional(list(frontProblem), []),
+    proxyProtocolFrom: v.optional(list(proxyFromProblem), []),
     xclientFrom: v.optional(list(frontProblem), []),
     /** Backscatterer.org safe mode: looked up only for bounces (<> or postmaster@ senders). */
     dnsbl: section({

@@ -5,6 +5,7 @@
  */
 import { isIP, isIPv4, isIPv6 } from 'node:net';
 import { isValidDomain, parseMailbox } from '../tags/address.js';
+import { cidrProblem } from '../net/cidr.js';
 
 export interface NextHop {
   readonly url: string;
@@ -108,7 +109,12 @@ export function addressEntryProblem(s: string): string | null {
   return `${quote(s)} is neither an address (local@domain) nor a domain (example.com or @example.com)`;
 }
 
-/** An IP address of a trusted front (PROXY protocol, XCLIENT), or "*" for any. */
+/** An IP address of a trusted front MTA (XCLIENT), or "*" for any. */
 export function frontProblem(s: string): string | null {
   return s === '*' || isIP(s) !== 0 ? null : `"${s}" is not an IP address (or "*")`;
+}
+
+/** A load balancer allowed to send the PROXY header: an address, an address/bits range, or "*" for any. */
+export function proxyFromProblem(s: string): string | null {
+  return s === '*' || cidrProblem(s) === null ? null : `"${s}" is not an IP address, an address/bits range or "*"`;
 }

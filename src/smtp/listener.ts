@@ -5,13 +5,15 @@
  * end the DATA phase early and let the rest of the client's message be read as commands). Private
  * internals are touched only in internals.ts, beside this file.
  */
-import type { AddressInfo, Socket } from 'node:net';
+import net, { type AddressInfo, type Socket } from 'node:net';
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
 import { SmtpReply, isSmtpReply, replyKind, transportReplies } from '../reply.js';
 import { NextHopError } from './hop-reply.js';
 import { drainConnections, installConnectionHooks } from './internals.js';
 import { hasBareLineEnd } from './dotstuff.js';
+import { parseProxyHeader, type ProxyClient } from './proxy-header.js';
+import { networkList, type NetworkList } from '../net/cidr.js';
 
 export interface ListenerOptions {
   readonly name: string;
@@ -27,7 +29,10 @@ export interface ListenerOptions {
    * before it is closed; absent = no per-client cap.
    */
   readonly perClient?: { readonly max: number; readonly reply: (ip: string) => SmtpReply };
-  /** Peers allowed to send the HAProxy PROXY protocol header (replicas behind a TCP load balancer). */
+  /**
+   * Peers (addresses or ranges, or "*") that must send the HAProxy PROXY protocol header, version 1 or 2
+   * (replicas behind a TCP load balancer); read by the listener itself (src/smtp/proxy-header.ts).
+   */
   readonly useProxy?: readonly string[];
   /** Peers allowed to pass the real client on with XCLIENT (a front MTA). */
   readonly useXClient?: readonly string[];
@@ -50,6 +55,14 @@ export class Listener {
   private hopExtensions: ReadonlyMap<string, string> | null = null;
   /** Set by close(): the reply every MAIL gets while the listener drains. */
   private drainReply: SmtpReply | null = null;
+  /**
+   * The listening socket. Ours, not smtp-server's: every accepted socket goes to smtp-server's public
+   * connect(), after the PROXY header when the peer must send one (smtp-server reads only version 1).
+   */
+  private readonly net: net.Server;
+  /** Sockets still sending their PROXY header (no SMTP session yet); destroyed by a drain. */
+  private readonly pending = new Set<Socket>();
+  private readonly proxyFrom: NetworkList | 'all' | null;
 
   /** Creates the server (not listening yet); `hooks` are smtp-server's on* handlers. */
   constructor(opts: ListenerOptions, hooks: Partial<SMTPServerOptions>, onRefused?: (kind: string) => void) {
@@ -86,11 +99,38 @@ export class Listener {
       maxRecipients: 0,
       socketTimeout: opts.clientIdleMs,
       closeTimeout: 30_000,
+      // The PROXY header is read before smtp-server sees the socket (accept below).
+      useProxy: false,
       // An empty list trusts nobody (smtp-server treats a non-empty list as an allowlist).
-      useProxy: opts.useProxy && opts.useProxy.length ? [...opts.useProxy] : false,
       useXClient: opts.useXClient && opts.useXClient.length ? [...opts.useXClient] : false,
       ...hooks,
     } as SMTPServerOptions);
+    const from = opts.useProxy ?? [];
+    this.proxyFrom = from.includes('*') ? 'all' : from.length ? networkList(from) : null;
+    this.net = net.createServer({ allowHalfOpen: true }, (socket) => this.accept(socket));
+  }
+
+  /** Hands a new socket to smtp-server, after its PROXY header when its peer must send one. */
+  private accept(socket: Socket): void {
+    const peer = socket.remoteAddress ?? '';
+    if (!this.proxyFrom || (this.proxyFrom !== 'all' && !this.proxyFrom.has(peer))) {
+      this.smtp.connect(socket);
+      return;
+    }
+    this.pending.add(socket);
+    takeProxyHeader(socket, this.opts.clientIdleMs).then(
+      (client) => {
+        this.pending.delete(socket);
+        this.smtp.connect(socket, client ? { remoteAddress: client.address, remotePort: client.port } : {});
+      },
+      () => {
+        // The header was refused or never came: nothing is known of the client, so no SMTP session.
+        this.pending.delete(socket);
+        socket.on('error', () => undefined);
+        if (socket.writable) socket.end('* BAD Invalid PROXY header\r\n');
+        setTimeout(() => socket.destroy(), 200).unref();
+      },
+    );
   }
 
   private get options(): Record<string, unknown> {
@@ -101,10 +141,10 @@ export class Listener {
   listen(host: string, port: number): Promise<{ host: string; port: number }> {
     return new Promise((resolve, reject) => {
       const onError = (e: Error) => reject(e);
-      this.smtp.server.once('error', onError);
-      this.smtp.listen(port, host, () => {
-        this.smtp.server.off('error', onError);
-        const a = this.smtp.server.address() as AddressInfo;
+      this.net.once('error', onError);
+      this.net.listen(port, host, () => {
+        this.net.off('error', onError);
+        const a = this.net.address() as AddressInfo;
         resolve({ host: a.address, port: a.port });
       });
     });
@@ -113,11 +153,12 @@ export class Listener {
   /** Errors of the listening socket. */
   onError(fn: (e: Error) => void): void {
     this.smtp.on('error', fn);
+    this.net.on('error', fn);
   }
 
   /** Every accepted socket (also those refused at connect), for counting open connections. */
   onSocket(fn: (socket: Socket) => void): void {
-    this.smtp.server.on('connection', fn);
+    this.net.on('connection', fn);
   }
 
   /**
@@ -165,8 +206,45 @@ export class Listener {
    */
   close(graceMs: number, reply: SmtpReply): Promise<void> {
     this.drainReply = reply;
-    return drainConnections(this.smtp, graceMs, reply.responseCode, `${reply.enhanced} ${reply.text}`);
+    for (const socket of this.pending) socket.destroy(); // no session that could finish
+    return drainConnections(this.smtp, this.net, graceMs, reply.responseCode, `${reply.enhanced} ${reply.text}`);
   }
+}
+
+/**
+ * Reads the PROXY header (version 1 or 2) off the start of `socket` and leaves the bytes after it
+ * unread for smtp-server; resolves with the client it names (null: LOCAL/UNKNOWN, the socket's own
+ * address stays). Rejects on a refused header, a connection that ends first, or `timeoutMs` of waiting.
+ */
+function takeProxyHeader(socket: Socket, timeoutMs: number): Promise<ProxyClient> {
+  return new Promise((resolve, reject) => {
+    let buf: Buffer = Buffer.alloc(0);
+    const timer = setTimeout(() => finish(new Error('no PROXY header in time')), timeoutMs);
+    const finish = (err: Error | null, client: ProxyClient = null, rest?: Buffer) => {
+      clearTimeout(timer);
+      socket.off('data', onData);
+      socket.off('end', onEnd);
+      socket.off('close', onEnd);
+      socket.off('error', onError);
+      socket.pause();
+      if (err) return reject(err);
+      if (rest && rest.length) socket.unshift(rest);
+      resolve(client);
+    };
+    const onData = (chunk: Buffer) => {
+      buf = buf.length ? Buffer.concat([buf, chunk]) : chunk;
+      const r = parseProxyHeader(buf);
+      if (r.kind === 'more') return;
+      if (r.kind === 'invalid') return finish(new Error(r.why));
+      finish(null, r.client, buf.subarray(r.length));
+    };
+    const onEnd = () => finish(new Error('connection ended before its PROXY header'));
+    const onError = (e: Error) => finish(e);
+    socket.on('data', onData);
+    socket.once('end', onEnd);
+    socket.once('close', onEnd);
+    socket.once('error', onError);
+  });
 }
 
 /**

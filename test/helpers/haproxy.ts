@@ -4,9 +4,9 @@
  * batv-proxy replicas, the way README "Deployment recipes" puts a load balancer in front of the proxy.
  *
  * It writes a haproxy.cfg in a temp dir: mode tcp, one frontend per role on a free 127.0.0.1 port, each to
- * a backend holding every replica's listener for that role, balanced roundrobin, with `send-proxy` (PROXY
- * protocol v1, the text line) on every server (the replicas need `proxyProtocolFrom: ['127.0.0.1']`) and a
- * health check per server:
+ * a backend holding every replica's listener for that role, balanced roundrobin, with `send-proxy-v2` (PROXY
+ * protocol v2, the binary header operators configure) on every server (the replicas need
+ * `proxyProtocolFrom: ['127.0.0.1']` or a range holding it) and a health check per server:
  * `option httpchk GET /readyz` against the replica's metrics port (`check port`), or a plain TCP connect
  * check when a replica has no metrics port. `retries 0` and no `option redispatch`: a connection HAProxy
  * routes to a replica that is not listening reaches the client as a connection closed without a greeting,
@@ -14,9 +14,8 @@
  * {@link HaproxyProcess.serverStatus} reads (from node, over the unix socket) to wait for a server to be
  * marked DOWN or UP.
  *
- * `proxyProtocol: 2` puts `send-proxy-v2` (the binary header) on the servers instead. The proxy's listeners
- * read the PROXY header with smtp-server's `useProxy`, which parses only the v1 text line: a v2 header is
- * answered "* BAD Invalid PROXY header" and the connection closed (test/scale/haproxy.test.ts pins this).
+ * `proxyProtocol: 1` puts `send-proxy` (the v1 text line) on the servers instead; the listeners read both
+ * (src/smtp/proxy-header.ts).
  *
  * @example
  *   const ha = await startHaproxy({ replicas: [{ name: 'r0', outbound: 2601, inbound: 2602, metrics: 2603 }, ...] });
@@ -66,7 +65,7 @@ export interface HaproxyOptions {
   /** Failed checks before DOWN (default 2) and passed checks before UP (default 1). */
   readonly fall?: number;
   readonly rise?: number;
-  /** PROXY protocol version on the servers: 1 = `send-proxy` (default), 2 = `send-proxy-v2`. */
+  /** PROXY protocol version on the servers: 2 = `send-proxy-v2` (default), 1 = `send-proxy`. */
   readonly proxyProtocol?: 1 | 2;
 }
 
@@ -105,7 +104,7 @@ export function haproxyConfig(o: HaproxyOptions & { frontends: Record<Role, numb
     `backend ${role}`,
     '  balance roundrobin',
     ...(o.replicas.every((r) => r.metrics !== undefined) ? ['  option httpchk GET /readyz'] : []),
-    ...o.replicas.map((r) => `  server ${r.name} 127.0.0.1:${r[role]} ${o.proxyProtocol === 2 ? 'send-proxy-v2' : 'send-proxy'} check${r.metrics !== undefined ? ` port ${r.metrics}` : ''} inter ${inter} fastinter ${inter} downinter ${inter} fall ${o.fall ?? 2} rise ${o.rise ?? 1}`),
+    ...o.replicas.map((r) => `  server ${r.name} 127.0.0.1:${r[role]} ${o.proxyProtocol === 1 ? 'send-proxy' : 'send-proxy-v2'} check${r.metrics !== undefined ? ` port ${r.metrics}` : ''} inter ${inter} fastinter ${inter} downinter ${inter} fall ${o.fall ?? 2} rise ${o.rise ?? 1}`),
     '',
   ];
   return [

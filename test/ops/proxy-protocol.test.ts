@@ -12,6 +12,8 @@ import { startTestProxy, testKeyring, T0 } from '../helpers/proxy.js';
 import { loadConfig } from '../../src/config/load.js';
 import type { Proxy } from '../../src/proxy.js';
 import { batvSign } from '../../src/tags/batv.js';
+import { proxyV2Header } from '../helpers/proxy-v2.js';
+import net from 'node:net';
 
 const ring = testKeyring();
 const tag = (a: string): string => {
@@ -87,6 +89,75 @@ describe('inbound with proxyProtocolFrom: [127.0.0.1]', () => {
     await other.quit();
     const [m] = await sink.waitForMessages(1);
     expect(receivedLine(m!.body)).toBe('Received: from mx.example.net ([192.0.2.8])');
+  });
+});
+
+describe('PROXY protocol version 2 (HAProxy send-proxy-v2), allowlist as a range: proxyProtocolFrom [127.0.0.0/8] on both listeners', () => {
+  let sink: Sink;
+  let proxy: Proxy;
+  beforeAll(async () => {
+    sink = await startSink();
+    ({ proxy } = await startTestProxy({
+      outbound: { relay: `smtp://127.0.0.1:${sink.port}`, proxyProtocolFrom: ['127.0.0.0/8'], allowNetworks: ['192.0.2.0/24'] },
+      inbound: { mailbox: `smtp://127.0.0.1:${sink.port}`, untaggedBounces: 'reject', proxyProtocolFrom: ['127.0.0.0/8'] },
+    }));
+  });
+  afterAll(async () => {
+    await closeTestProxy(proxy);
+    await sink.close();
+  });
+  const V2 = proxyV2Header({ address: '192.0.2.7', port: 40000 }, { address: '192.0.2.1', port: 25 });
+
+  it('inbound: the client is 192.0.2.7 (Received: line)', async () => {
+    const t = talk(proxy.inbound.port);
+    t.write(V2);
+    expect(await t.greeting).toMatch(/^220 /);
+    expect(await t.cmd('EHLO mx.example.net')).toMatch(/^250/);
+    sink.reset();
+    expect(await bounce(t, tag('alice@example.com'))).toBe('250 Ok: queued as sink');
+    await t.quit();
+    const [m] = await sink.waitForMessages(1);
+    expect(receivedLine(m!.body)).toBe('Received: from mx.example.net ([192.0.2.7])');
+  });
+
+  it('outbound: relay permission is the real client\'s (192.0.2.7 is in allowNetworks; 198.51.100.9 is not), the header split over three packets', async () => {
+    const ok = talk(proxy.outbound.port);
+    ok.write(V2.subarray(0, 5));
+    await new Promise((r) => setTimeout(r, 30));
+    ok.write(V2.subarray(5, 20));
+    await new Promise((r) => setTimeout(r, 30));
+    ok.write(V2.subarray(20));
+    expect(await ok.greeting).toMatch(/^220 /);
+    expect(await ok.cmd('EHLO mta.example.com')).toMatch(/^250/);
+    expect(await ok.cmd('MAIL FROM:<alice@example.com>')).toBe('250 Accepted');
+    await ok.quit();
+    const no = talk(proxy.outbound.port);
+    no.write(proxyV2Header({ address: '198.51.100.9', port: 1 }, { address: '192.0.2.1', port: 25 }));
+    expect(await no.greeting).toMatch(/^220 /);
+    expect(await no.cmd('EHLO mta.example.com')).toMatch(/^250/);
+    expect(await no.cmd('MAIL FROM:<alice@example.com>')).toBe('554 5.7.1 Relay access denied for 198.51.100.9');
+    await no.quit();
+  });
+
+  it('LOCAL (the balancer\'s own check) keeps the connection\'s address; a bad header is refused with no SMTP session', async () => {
+    const local = talk(proxy.outbound.port);
+    local.write(proxyV2Header({ address: '192.0.2.7', port: 1 }, { address: '192.0.2.1', port: 25 }, { command: 'LOCAL' }));
+    expect(await local.greeting).toMatch(/^220 /);
+    expect(await local.cmd('EHLO lb.example.net')).toMatch(/^250/);
+    expect(await local.cmd('MAIL FROM:<alice@example.com>')).toBe('554 5.7.1 Relay access denied for 127.0.0.1');
+    await local.quit();
+
+    const bad = Buffer.from(V2);
+    bad[13] = 0x12; // UDP over IPv4
+    const got = await new Promise<string>((resolve) => {
+      const c = net.connect(proxy.inbound.port, '127.0.0.1', () => c.write(bad));
+      let text = '';
+      c.setEncoding('latin1');
+      c.on('data', (d: string) => { text += d; });
+      c.on('close', () => resolve(text));
+      c.on('error', () => undefined);
+    });
+    expect(got).toBe('* BAD Invalid PROXY header\r\n');
   });
 });
 

@@ -1,12 +1,14 @@
 /**
  * A real HAProxy 2.6 in front of two batv-proxy replicas (issue 12, item 4): `node bin/batv-proxy.js
  * serve` twice, sharing one keys directory and one redis-server (state.redis), with proxyProtocolFrom
- * [127.0.0.1] on both listeners (an IP list; CIDRs are not accepted there); HAProxy (test/helpers/haproxy.ts) balances roundrobin, sends PROXY v2
+ * [127.0.0.1/32] on both listeners; HAProxy (test/helpers/haproxy.ts) balances roundrobin, sends PROXY v2
+ * (send-proxy-v2; test 2 runs a second HAProxy with v1's send-proxy)
  * and health-checks GET /readyz on each replica's metrics port. The next hop and mailbox host is a real
  * smtp-server sink. Clients connect to HAProxy from 127.0.0.2 (127.0.0.3 for a bystander), so the real
  * client differs from HAProxy's 127.0.0.1.
  *
  *   1. each replica logs the real client (127.0.0.2) for transactions and refusals, on both listeners;
+ *      (1b. the same through HAProxy's v1 send-proxy);
  *   2. a forged-bounce flood spread over both replicas is cooled off at refusedPerClient counted over both,
  *      for its real client only (127.0.0.4 here: 127.0.0.2's refusals in test 1 count in the same window),
  *      not for HAProxy's 127.0.0.1 nor another client behind it;
@@ -18,7 +20,6 @@
  * The tests share the replicas and run in this order (4 restarts the replica it kills).
  */
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -90,9 +91,9 @@ describe.skipIf(!RUN)('HAProxy 2.6 in front of two replicas sharing keys and Red
         hostname: `${n}.proxy.test`,
         srs: { domain: 'srs.example.net' },
         keys: { dir: keys },
-        outbound: { listen: `127.0.0.1:${ports[n].outbound}`, relay: hop, allowNetworks: ['127.0.0.0/8'], proxyProtocolFrom: ['127.0.0.1'] },
+        outbound: { listen: `127.0.0.1:${ports[n].outbound}`, relay: hop, allowNetworks: ['127.0.0.0/8'], proxyProtocolFrom: ['127.0.0.1/32'] },
         inbound: {
-          listen: `127.0.0.1:${ports[n].inbound}`, mailbox: hop, untaggedBounces: 'reject', proxyProtocolFrom: ['127.0.0.1'],
+          listen: `127.0.0.1:${ports[n].inbound}`, mailbox: hop, untaggedBounces: 'reject', proxyProtocolFrom: ['127.0.0.1/32'],
           limits: { refusedPerClient: REFUSED_PER_CLIENT, refusedWindowSec: 600, coolingOffSec: 900, bouncesPerTag: BOUNCES_PER_TAG, tagWindowSec: 3600 },
         },
         // A generous Redis timeout: on a busy 2-core machine the default 5 ms would fall back to local limits.
@@ -183,21 +184,22 @@ describe.skipIf(!RUN)('HAProxy 2.6 in front of two replicas sharing keys and Red
     }
   });
 
-  it('KNOWN GAP: PROXY protocol v2 (send-proxy-v2) is refused; the listeners read only the v1 text header', async () => {
-    // smtp-server's useProxy parses only "PROXY TCP4 ..." lines; HAProxy's binary v2 header gets this.
-    const ha2 = await startHaproxy({ replicas: NAMES.map((n) => ({ name: n, ...ports[n] })), proxyProtocol: 2 });
+  it('1b. HAProxy\'s v1 header (send-proxy) works the same: the replica sees the real client', async () => {
+    const ha1 = await startHaproxy({ replicas: NAMES.map((n) => ({ name: n, ...ports[n] })), proxyProtocol: 1 });
     try {
-      await ha2.waitForServer('outbound', 'r0', 'UP');
-      const got = await new Promise<string>((resolve) => {
-        const s = net.connect({ port: ha2.frontends.outbound, host: '127.0.0.1', localAddress: CLIENT });
-        let out = '';
-        s.on('data', (d) => { out += d.toString('latin1'); });
-        s.on('error', () => undefined);
-        s.on('close', () => resolve(out));
-      });
-      expect(got).toBe('* BAD Invalid PROXY header\r\n');
+      for (const n of NAMES) await ha1.waitForServer('outbound', n, 'UP');
+      sink.reset();
+      const t = talkFrom(CLIENT, ha1.frontends.outbound);
+      expect(await t.greeting).toMatch(/^220 r[01]\.proxy\.test /);
+      expect(await t.cmd('EHLO client.test')).toMatch(/^250/);
+      expect(await t.cmd('MAIL FROM:<alice@example.com>')).toBe('250 Accepted');
+      expect(await t.cmd('RCPT TO:<bob@example.net>')).toBe('250 Accepted');
+      expect((await t.data('Subject: via send-proxy\r\n\r\nHello.\r\n')).end).toBe(QUEUED);
+      await t.quit();
+      const [m] = await sink.waitForMessages(1);
+      expect(m!.body.toString('latin1').split('\r\n')[0]).toBe(`Received: from client.test ([${CLIENT}])`);
     } finally {
-      await ha2.stop();
+      await ha1.stop();
     }
   });
 
