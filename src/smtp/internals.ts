@@ -178,15 +178,16 @@ export function drainConnections(server: object, netServer: net.Server, graceMs:
   }
   const conns = s.connections;
   return new Promise<void>((resolve) => {
+    // Elapsed time on the monotonic clock (not the wall clock src/clock.ts owns).
     const idleSince = new WeakMap<DrainProbe, number>();
-    const started = Date.now();
+    const started = performance.now();
     let first = true;
     const tell = (c: DrainProbe) => {
       c.send(code, text); // a 421 closes the connection (smtp-server's send)
       if (!c._closing && !c._closed) c.close();
     };
     const sweep = () => {
-      const now = Date.now();
+      const now = performance.now();
       for (const c of conns) {
         if (c._closing || c._closed) continue;
         if (now - started >= graceMs) { tell(c); continue; }
