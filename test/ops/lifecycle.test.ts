@@ -60,13 +60,14 @@ async function sendOut(p: ServeProcess, sink: Sink, subject: string): Promise<st
   return m!.mailFrom;
 }
 
-describe('SIGTERM drains a transaction in the middle of DATA', () => {
+/** One serve process per describe block, with its own directory and sink; `get()` inside the tests. */
+function servedFor(prefix: string): { get(): { p: ServeProcess; sink: Sink } } {
   let dir: string;
   let sink: Sink;
   let p: ServeProcess | null = null;
   beforeAll(async () => {
     ensureBuilt();
-    dir = mkdtempSync(path.join(os.tmpdir(), 'batv-life-a-'));
+    dir = mkdtempSync(path.join(os.tmpdir(), prefix));
     sink = await startSink({ name: 'sink.test' });
     writeFileSync(path.join(dir, 'config.json'), JSON.stringify(configFor(dir, sink)));
     p = await startServe({ args: ['--config', path.join(dir, 'config.json')], cwd: dir });
@@ -76,9 +77,14 @@ describe('SIGTERM drains a transaction in the middle of DATA', () => {
     await sink.close();
     rmSync(dir, { recursive: true, force: true });
   });
+  return { get: () => ({ p: p!, sink }) };
+}
+
+describe('SIGTERM drains a transaction in the middle of DATA', () => {
+  const served = servedFor('batv-life-a-');
 
   it('finishes the message with the next hop\'s 250, refuses new connections, and exits 0 within the grace', async () => {
-    const proc = p!;
+    const { p: proc, sink } = served.get();
     const t = await ehlo(proc.outbound.port);
     expect(await t.cmd('MAIL FROM:<alice@example.com>')).toBe('250 Accepted');
     expect(await t.cmd('RCPT TO:<bob@example.net>')).toBe('250 Accepted');
@@ -112,24 +118,10 @@ describe('SIGTERM drains a transaction in the middle of DATA', () => {
 });
 
 describe('SIGTERM between MAIL and DATA, then QUIT (issue 13.5)', () => {
-  let dir: string;
-  let sink: Sink;
-  let p: ServeProcess | null = null;
-  beforeAll(async () => {
-    ensureBuilt();
-    dir = mkdtempSync(path.join(os.tmpdir(), 'batv-life-quit-'));
-    sink = await startSink({ name: 'sink.test' });
-    writeFileSync(path.join(dir, 'config.json'), JSON.stringify(configFor(dir, sink)));
-    p = await startServe({ args: ['--config', path.join(dir, 'config.json')], cwd: dir });
-  });
-  afterAll(async () => {
-    await p?.stop();
-    await sink.close();
-    rmSync(dir, { recursive: true, force: true });
-  });
+  const served = servedFor('batv-life-quit-');
 
   it('the transaction under way finishes (RCPT, DATA), its QUIT gets 221; another connection\'s next MAIL gets 421 4.3.2', async () => {
-    const proc = p!;
+    const { p: proc, sink } = served.get();
     const t = await ehlo(proc.outbound.port);
     const other = await ehlo(proc.outbound.port);
     expect(await t.cmd('MAIL FROM:<alice@example.com>')).toBe('250 Accepted');
@@ -152,24 +144,10 @@ describe('SIGTERM between MAIL and DATA, then QUIT (issue 13.5)', () => {
 });
 
 describe('SIGTERM with an idle client connection (no transaction running)', () => {
-  let dir: string;
-  let sink: Sink;
-  let p: ServeProcess | null = null;
-  beforeAll(async () => {
-    ensureBuilt();
-    dir = mkdtempSync(path.join(os.tmpdir(), 'batv-life-idle-'));
-    sink = await startSink({ name: 'sink.test' });
-    writeFileSync(path.join(dir, 'config.json'), JSON.stringify(configFor(dir, sink)));
-    p = await startServe({ args: ['--config', path.join(dir, 'config.json')], cwd: dir });
-  });
-  afterAll(async () => {
-    await p?.stop();
-    await sink.close();
-    rmSync(dir, { recursive: true, force: true });
-  });
+  const served = servedFor('batv-life-idle-');
 
   it('closes the idle session at once with the proxy\'s 421 and exits without waiting out the grace', async () => {
-    const proc = p!;
+    const { p: proc } = served.get();
     const idle = await ehlo(proc.outbound.port); // e.g. a sending MTA's connection cache
     const signalled = Date.now();
     proc.signal('SIGTERM');
