@@ -12,7 +12,7 @@ import { SmtpReply, isSmtpReply, replyKind, transportReplies } from '../reply.js
 import { NextHopError } from './hop-reply.js';
 import { drainConnections, installConnectionHooks } from './internals.js';
 import { hasBareLineEnd } from './dotstuff.js';
-import { parseProxyHeader, type ProxyClient } from './proxy-header.js';
+import { takeProxyHeader } from './proxy-socket.js';
 import { networkList, type NetworkList } from '../net/cidr.js';
 
 export interface ListenerOptions {
@@ -209,42 +209,6 @@ export class Listener {
     for (const socket of this.pending) socket.destroy(); // no session that could finish
     return drainConnections(this.smtp, this.net, graceMs, reply.responseCode, `${reply.enhanced} ${reply.text}`);
   }
-}
-
-/**
- * Reads the PROXY header (version 1 or 2) off the start of `socket` and leaves the bytes after it
- * unread for smtp-server; resolves with the client it names (null: LOCAL/UNKNOWN, the socket's own
- * address stays). Rejects on a refused header, a connection that ends first, or `timeoutMs` of waiting.
- */
-function takeProxyHeader(socket: Socket, timeoutMs: number): Promise<ProxyClient> {
-  return new Promise((resolve, reject) => {
-    let buf: Buffer = Buffer.alloc(0);
-    const timer = setTimeout(() => finish(new Error('no PROXY header in time')), timeoutMs);
-    const finish = (err: Error | null, client: ProxyClient = null, rest?: Buffer) => {
-      clearTimeout(timer);
-      socket.off('data', onData);
-      socket.off('end', onEnd);
-      socket.off('close', onEnd);
-      socket.off('error', onError);
-      socket.pause();
-      if (err) return reject(err);
-      if (rest && rest.length) socket.unshift(rest);
-      resolve(client);
-    };
-    const onData = (chunk: Buffer) => {
-      buf = buf.length ? Buffer.concat([buf, chunk]) : chunk;
-      const r = parseProxyHeader(buf);
-      if (r.kind === 'more') return;
-      if (r.kind === 'invalid') return finish(new Error(r.why));
-      finish(null, r.client, buf.subarray(r.length));
-    };
-    const onEnd = () => finish(new Error('connection ended before its PROXY header'));
-    const onError = (e: Error) => finish(e);
-    socket.on('data', onData);
-    socket.once('end', onEnd);
-    socket.once('close', onEnd);
-    socket.once('error', onError);
-  });
 }
 
 /**
