@@ -55,20 +55,12 @@ missing() { # package... : prints the ones not installed, one per line
 install_missing() { # package...
   local need
   mapfile -t need < <(missing "$@")
-  [ "${#need[@]}" -gt 0 ] || return 0
+  if [ "${#need[@]}" -eq 0 ]; then log "already installed: $*"; return 0; fi
   apt_update_once
   deny_daemon_starts
   log "apt-get install ${need[*]}"
   apt-get install -y --no-install-recommends --no-upgrade "${need[@]}"
   restore_policy
-}
-
-installed() { # package... : all installed?
-  local p status
-  for p in "$@"; do
-    status="$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)"
-    [ "$status" = "install ok installed" ] || return 1
-  done
 }
 
 APT_UPDATED=0
@@ -98,11 +90,7 @@ restore_policy() {
 trap restore_policy EXIT
 
 # --- Debian packages without a service -----------------------------------------------------------------
-if installed "${PACKAGES[@]}"; then
-  log "packages already installed: ${PACKAGES[*]}"
-else
-  install_missing "${PACKAGES[@]}"
-fi
+install_missing "${PACKAGES[@]}"
 
 # --- Daemon packages, unpacked but not installed ---------------------------------------------------------
 # unpack PACKAGE DIR: downloads PACKAGE's .deb into DIR (once) and extracts it into DIR/root with dpkg -x (no

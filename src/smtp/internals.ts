@@ -164,15 +164,14 @@ export const DRAIN_IDLE_MS = 1000;
  * close() cannot be used for this: from the moment it is called, every command is answered "421 Server
  * shutting down" (its _onCommand checks _closeTimeout), the RCPT, DATA and QUIT of a transaction under
  * way included, so a transaction between MAIL and DATA fails and a client that QUITs after its last
- * message never hears 221. Instead: the listening socket (`netServer`, the Listener's) is closed, sockets
- * smtp-server still holds before their session are destroyed (they have no session that could finish), and
- * every 50 ms the connections are looked at: one with no transaction open when the drain starts is told
+ * message never hears 221. Instead: the listening socket (`netServer`, the Listener's, which also holds
+ * and destroys the sockets still sending a PROXY header) is closed, and every 50 ms the connections are looked at: one with no transaction open when the drain starts is told
  * `code text` at once; one that finishes its transaction later may still QUIT (221) or is told after
  * DRAIN_IDLE_MS; a MAIL during the drain is refused by the Listener (src/smtp/listener.ts). After
  * `graceMs` whatever is left is told `code text` and closed. Resolves once every connection is gone.
  */
 export function drainConnections(server: object, netServer: net.Server, graceMs: number, code: number, text: string): Promise<void> {
-  const s = server as { connections?: Set<DrainProbe>; _pendingSockets?: Map<net.Socket, net.Socket> };
+  const s = server as { connections?: Set<DrainProbe> };
   if (!(s.connections instanceof Set)) {
     throw new Error('smtp-server has no connections set; this version is not supported (shutdown cannot drain)');
   }
@@ -203,8 +202,6 @@ export function drainConnections(server: object, netServer: net.Server, graceMs:
     if (netServer.listening) netServer.close(finish);
     else if (conns.size === 0) { finish(); return; }
     else { const wait = setInterval(() => { if (conns.size === 0) { clearInterval(wait); finish(); } }, 50); }
-    // The topmost socket of each (a TLS wrap over the raw one, as smtp-server's close() does it).
-    if (s._pendingSockets instanceof Map) for (const top of s._pendingSockets.values()) top.destroy();
     sweep();
   });
 }

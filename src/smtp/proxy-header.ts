@@ -13,7 +13,7 @@
  * Anything else (another version, UDP or unix sockets, a bad address) is refused: the connection is
  * closed rather than attributed to the wrong client.
  */
-import { isIPv4, isIPv6 } from 'node:net';
+import { isIPv4, isIPv6, SocketAddress } from 'node:net';
 
 export const PROXY_V2_SIGNATURE = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
 const V1_MAX = 107;
@@ -89,22 +89,9 @@ function parseV2(buf: Buffer): ProxyParse {
     if (bodyLength < 36) return invalid('version 2 TCP over IPv6 with fewer than 36 address bytes');
     const groups: string[] = [];
     for (let i = 0; i < 8; i++) groups.push(buf.readUInt16BE(16 + 2 * i).toString(16));
-    return { kind: 'header', version: 2, client: { address: compressIPv6(groups), port: buf.readUInt16BE(48) }, length };
+    // node's SocketAddress writes the canonical (RFC 5952) text, as inet_ntop does.
+    const address = new SocketAddress({ address: groups.join(':'), family: 'ipv6' }).address;
+    return { kind: 'header', version: 2, client: { address, port: buf.readUInt16BE(48) }, length };
   }
   return invalid(`version 2 family/transport 0x${famProto.toString(16).padStart(2, '0')} is not TCP over IPv4 or IPv6`);
-}
-
-/** The canonical (RFC 5952) text of eight hex groups: the longest run of two or more zero groups as "::". */
-function compressIPv6(groups: readonly string[]): string {
-  let best = -1;
-  let bestLen = 1;
-  for (let i = 0; i < 8;) {
-    if (groups[i] !== '0') { i++; continue; }
-    let j = i;
-    while (j < 8 && groups[j] === '0') j++;
-    if (j - i > bestLen) { best = i; bestLen = j - i; }
-    i = j;
-  }
-  if (best < 0) return groups.join(':');
-  return `${groups.slice(0, best).join(':')}::${groups.slice(best + bestLen).join(':')}`;
 }

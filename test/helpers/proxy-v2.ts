@@ -1,10 +1,10 @@
 /**
  * Writes PROXY protocol version 2 headers as HAProxy's send-proxy-v2 does, for tests that play the load
- * balancer (test/smtp/proxy-header.test.ts, test/ops/proxy-protocol.test.ts). Plain IPv6 text only (no
- * embedded IPv4 form).
+ * balancer (test/smtp/proxy-header.test.ts, test/ops/proxy-protocol.test.ts).
  */
 import { isIPv6 } from 'node:net';
 import { PROXY_V2_SIGNATURE } from '../../src/smtp/proxy-header.js';
+import { parseIPv6 } from '../../src/tags/address.js';
 
 /** A version 2 header for a TCP client (what HAProxy's send-proxy-v2 writes). */
 export function proxyV2Header(src: { address: string; port: number }, dst: { address: string; port: number }, opts: { tlvs?: Buffer; command?: 'PROXY' | 'LOCAL' } = {}): Buffer {
@@ -22,11 +22,7 @@ export function proxyV2Header(src: { address: string; port: number }, dst: { add
 }
 
 function ipv6Bytes(a: string): Buffer {
-  const [left, right = ''] = a.includes('::') ? a.split('::') : [a, undefined];
-  const l = left ? left.split(':') : [];
-  const r = a.includes('::') && right ? right.split(':') : [];
-  const groups = a.includes('::') ? [...l, ...Array<string>(8 - l.length - r.length).fill('0'), ...r] : l;
-  const out = Buffer.alloc(16);
-  groups.forEach((g, i) => out.writeUInt16BE(parseInt(g, 16), 2 * i));
-  return out;
+  const p = parseIPv6(a);
+  if (!p) throw new Error(`not an IPv6 address: ${a}`);
+  return Buffer.from(p.bytes);
 }
